@@ -1,0 +1,304 @@
+"""Experiment configuration: one frozen dataclass tree, named presets, dotted overrides.
+
+Only builders read these objects (``model.build``, ``engine.train``); leaf modules take
+plain keyword arguments. Every resolved config is saved beside checkpoints and results.
+
+    cfg = get_preset("paper-1fold")
+    cfg = apply_overrides(cfg, ["model.folds=2", "train.lr=1e-4"])
+    cfg.to_dict()  # JSON-serialisable
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Backbone = Literal["resnet101", "resnet50", "resnet18", "efficientnet_lite0"]
+Cell = Literal["convlstm", "convgru", "conv1x1"]
+Fusion = Literal["step", "concat-conv"]
+Norm = Literal["none", "layer"]
+FirstStep = Literal["final-state", "uniform"]
+WordVectors = Literal["learned", "glove-6b-50d"]
+Encoder = Literal["bilstm", "lstm"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The STEP network. Defaults are the paper's (Sec. 3, spec sections 2-7)."""
+
+    # Visual representation (Sec. 3.1)
+    backbone: Backbone = "resnet101"
+    backbone_weights: str | None = None  # None | "imagenet" | "deeplabv3-coco" | path to a state dict
+    freeze_backbone: bool = False  # paper: whole network trainable (spec section 8)
+    image_size: int = 320  # S
+    # Textual representation (Sec. 3.2)
+    word_vectors: str = "learned"  # "learned" | "glove-6b-50d" | path to a GloVe text/zip file
+    word_dim: int = 300
+    max_words: int = 20
+    text_encoder: Encoder = "bilstm"  # "lstm": the "no GloVe-biLSTM" ablation (with learned words)
+    lstm_hidden: int = 1000  # per direction
+    attention_dim: int = 400  # space of Eq. 1 (h~, v~)
+    # LTR, Eq. 1
+    use_ltr: bool = True  # False: the "no LTR" ablation, s_t = final biLSTM state
+    first_step: FirstStep = "final-state"  # "uniform": the "ini-LTR-uniform" variant
+    pixel_temperature: float = 1.0  # softmax_i(P_{t-1}(i) / temperature)
+    # STEP co-embedding, Eqs. 2-4
+    fusion: Fusion = "step"  # "concat-conv": the ablation without co-embedding
+    embed_dim: int = 1000
+    embed_kernel: int = 3  # 3x3 atrous (rate 3); 1: the 1x1 switch
+    embed_dilation: int = 3
+    embed_norm: Norm = "none"  # "layer": per-sample normalisation of the pre-activations (spec 5)
+    shared_text_embedding: bool = True  # one psi for all levels
+    q_scale: float = 1.0  # Q_t multiplied by this before the refiner (1 = literal Eq. 4)
+    # Top-down refinement, Eqs. 5-9
+    cell: Cell = "convlstm"
+    filters: int = 32
+    kernel: int = 3
+    folds: int = 1  # K; T = 5K steps
+    reverse: bool = False  # "reverse STEP": levels F5 -> F1
+
+    @property
+    def steps(self) -> int:
+        return 5 * self.folds
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "refcoco"
+    root: str = "data"
+    train_split: str = "train"
+    val_split: str = "val"
+    blank_language: bool = False  # language-blind baseline: every expression becomes one UNK word
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (Sec. 3.6): Adam, lr 2.5e-4, weight decay 5e-4, poly decay 0.9."""
+
+    iters: int = 700_000
+    batch_size: int = 1
+    lr: float = 2.5e-4
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    loss_all_steps: bool = False  # supervise every P_t, not only P_T (spec section 7)
+    dice_weight: float = 0.0  # add Dice to BCE when > 0
+    amp: bool = False  # bf16 autocast (CPU and GPU)
+    grad_clip: float = 0.0  # 0 = off
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 500
+    eval_samples: int = 0  # 0 = whole val split
+    threads: int = 0  # torch CPU threads, 0 = torch's default
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        return _from_dict(cls, d, prefix="")
+
+
+# ----------------------------------------------------------------------------- presets
+
+_PAPER_MODEL = ModelConfig()
+
+PRESETS: dict[str, ExperimentConfig] = {
+    # Table 1/2 "Ours (1-fold)": ConvLSTM refiner.
+    "paper-1fold": ExperimentConfig(name="paper-1fold", model=_PAPER_MODEL),
+    # Table 3 "Ours (5-fold)": ConvGRU "to save computational cost".
+    "paper-5fold": ExperimentConfig(
+        name="paper-5fold", model=dataclasses.replace(_PAPER_MODEL, cell="convgru", folds=5)
+    ),
+    # Small CPU preset for ShapesRef: frozen ImageNet EfficientNet-Lite0 taps, small sizes,
+    # per-sample normalisation in the co-embedding and scaled Q_t (docs/recipes.md).
+    "shapes-cpu": ExperimentConfig(
+        name="shapes-cpu",
+        model=ModelConfig(
+            backbone="efficientnet_lite0",
+            backbone_weights="imagenet",
+            freeze_backbone=True,
+            image_size=128,
+            word_vectors="learned",
+            word_dim=64,
+            lstm_hidden=128,
+            attention_dim=64,
+            embed_dim=128,
+            embed_norm="layer",
+            q_scale=10.0,
+            cell="convgru",
+            filters=32,
+            folds=1,
+        ),
+        data=DataConfig(dataset="shapesref", root="data/shapesref-cpu"),
+        train=TrainConfig(
+            iters=20_000, batch_size=16, lr=1e-3, weight_decay=0.0, loss_all_steps=True,
+            dice_weight=1.0, warmup_iters=200, log_every=20, eval_every=1000,
+            checkpoint_every=250, eval_samples=1000,
+        ),
+    ),
+    # Tiny network for tests and smoke runs: random ResNet-18, 64 px, seconds on a CPU.
+    "tiny": ExperimentConfig(
+        name="tiny",
+        model=ModelConfig(
+            backbone="resnet18",
+            image_size=64,
+            word_dim=16,
+            lstm_hidden=16,
+            attention_dim=16,
+            embed_dim=16,
+            embed_norm="layer",
+            cell="convgru",
+            filters=8,
+        ),
+        data=DataConfig(dataset="shapesref", root="data/shapesref-tiny", workers=0),
+        train=TrainConfig(iters=20, batch_size=2, lr=1e-3, weight_decay=0.0, log_every=5,
+                          checkpoint_every=10),
+    ),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> ExperimentConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return PRESETS[name]
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | dict[str, Any]) -> ExperimentConfig:
+    """Return ``cfg`` with dotted-key overrides applied (``["model.folds=2", ...]``).
+
+    Values given as strings are parsed to the field's type; unknown keys and bad values raise
+    ``ValueError`` naming the key and what it accepts.
+    """
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        cfg = _set(cfg, key.split("."), value, key)
+    _validate(cfg)
+    return cfg
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value (e.g. model.folds=2)")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _set(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        raise ValueError(f"unknown config key {full_key!r}: {head!r} is not one of {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"unknown config key {full_key!r}: {head!r} has no sub-keys")
+        return dataclasses.replace(obj, **{head: _set(current, path[1:], value, full_key)})
+    if dataclasses.is_dataclass(current):
+        raise ValueError(f"config key {full_key!r} is a section; set one of its keys, e.g. {full_key}.<key>=...")
+    hint = typing.get_type_hints(type(obj))[head]
+    return dataclasses.replace(obj, **{head: _coerce(value, hint, full_key)})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ValueError(f"{key}={value!r} must be true or false")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} must be a number")
+        try:
+            number = hint(value) if hint is float else int(str(value).replace("_", ""))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}={value!r} must be {'an integer' if hint is int else 'a number'}") from None
+        return number
+    if hint is str:
+        return str(value)
+    raise ValueError(f"{key}: cannot set values of type {hint}")
+
+
+def _from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {prefix or '<root>'} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {prefix + key!r}; allowed: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    return cls(**kwargs)
+
+
+def _validate(cfg: ExperimentConfig) -> None:
+    m = cfg.model
+    checks = [
+        (m.folds >= 1, f"model.folds={m.folds} must be >= 1 (the paper uses 1, 2, 4, 5)"),
+        (m.image_size >= 32 and m.image_size % 8 == 0, f"model.image_size={m.image_size} must be a multiple of 8, >= 32"),
+        (1 <= m.max_words <= 64, f"model.max_words={m.max_words} must be in 1..64 (paper: 20)"),
+        (m.pixel_temperature > 0, f"model.pixel_temperature={m.pixel_temperature} must be > 0"),
+        (m.embed_kernel in (1, 3), f"model.embed_kernel={m.embed_kernel} must be 1 or 3"),
+        (cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1"),
+        (cfg.train.iters >= 1, f"train.iters={cfg.train.iters} must be >= 1"),
+        (cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be > 0"),
+    ]
+    for dim in ("word_dim", "lstm_hidden", "attention_dim", "embed_dim", "filters"):
+        checks.append((getattr(m, dim) >= 1, f"model.{dim}={getattr(m, dim)} must be >= 1"))
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,116 @@
+"""Top-down heatmap refinement (Sec. 3.5): a ConvRNN over the STEP heatmaps, Eqs. 5-9.
+
+ConvGRU (Eqs. 5-8), with input x_t = Q_t (1 channel) and h_0 = 0:
+
+    f_t = sigma(R^f * h_{t-1} + W^f * x_t + b^f)              (5)  reset gate
+    z_t = sigma(R^z * h_{t-1} + W^z * x_t + b^z)              (6)  update gate
+    h^_t = tanh(R^h * (f_t . h_{t-1}) + W^h * x_t + b^h)      (7)
+    h_t = z_t . h_{t-1} + (1 - z_t) . h^_t                    (8)
+
+ConvLSTM after Shi et al. 2015 (peephole weights per channel rather than per pixel, so one
+model runs at any input size). After every step ``P_t = sigma(W^P * h_t + b^P)`` (Eq. 9, 1x1
+conv); ``P_t`` feeds Eq. 1 of the next step. The 3x3 kernels have one input channel: the
+paper's ``c = 3`` does not match the one-channel Q_t of Eqs. 5-8 and is read as a slip.
+
+The "1x1-conv" ablation has no recurrence: ``P_t = sigma(1x1 conv(Q_t))`` feeds Eq. 1 and the
+final map is a 1x1 conv over the stack ``[Q_1 .. Q_T]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ConvGRUCell(nn.Module):
+    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3):
+        super().__init__()
+        pad = kernel // 2
+        self.filters = filters
+        self.input_gates = nn.Conv2d(in_channels, 3 * filters, kernel, padding=pad)  # W^f, W^z, W^h and b
+        self.hidden_gates = nn.Conv2d(filters, 2 * filters, kernel, padding=pad, bias=False)  # R^f, R^z
+        self.hidden_candidate = nn.Conv2d(filters, filters, kernel, padding=pad, bias=False)  # R^h
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C_in, H, W); h: (B, F, H, W) -> (output h_t, new state h_t)."""
+        wf, wz, wh = self.input_gates(x).chunk(3, dim=1)
+        rf, rz = self.hidden_gates(h).chunk(2, dim=1)
+        f = torch.sigmoid(rf + wf)  # (5)
+        z = torch.sigmoid(rz + wz)  # (6)
+        h_hat = torch.tanh(self.hidden_candidate(f * h) + wh)  # (7)
+        h = z * h + (1 - z) * h_hat  # (8)
+        return h, h
+
+
+class ConvLSTMCell(nn.Module):
+    """Shi et al. 2015, Eq. 3 (with per-channel peepholes)."""
+
+    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3):
+        super().__init__()
+        pad = kernel // 2
+        self.filters = filters
+        self.input_gates = nn.Conv2d(in_channels, 4 * filters, kernel, padding=pad)  # W_x{i,f,c,o} and b
+        self.hidden_gates = nn.Conv2d(filters, 4 * filters, kernel, padding=pad, bias=False)  # W_h{i,f,c,o}
+        self.peephole = nn.Parameter(torch.zeros(3, filters, 1, 1))  # W_c{i,f,o}
+
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zeros = x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
+        return zeros, zeros
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """x: (B, C_in, H, W); state (h, c) each (B, F, H, W) -> (h_t, (h_t, c_t))."""
+        h, c = state
+        xi, xf, xc, xo = self.input_gates(x).chunk(4, dim=1)
+        hi, hf, hc, ho = self.hidden_gates(h).chunk(4, dim=1)
+        i = torch.sigmoid(xi + hi + self.peephole[0] * c)
+        f = torch.sigmoid(xf + hf + self.peephole[1] * c)
+        c = f * c + i * torch.tanh(xc + hc)
+        o = torch.sigmoid(xo + ho + self.peephole[2] * c)
+        h = o * torch.tanh(c)
+        return h, (h, c)
+
+
+class Refiner(nn.Module):
+    """Turns the sequence of STEP heatmaps Q_t into refined maps P_t (as logits).
+
+    Args:
+        cell: "convgru", "convlstm" or "conv1x1" (the ablation without a ConvRNN).
+        filters, kernel: of the ConvRNN (32, 3 in the paper).
+        steps: T, needed by the "conv1x1" variant's final 1x1 conv over [Q_1..Q_T].
+
+    Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state)`` for
+    each step, and ``refiner.final(logits_T, qs)`` for the output map.
+    """
+
+    def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5):
+        super().__init__()
+        self.kind = cell
+        if cell == "convgru":
+            self.cell = ConvGRUCell(in_channels=1, filters=filters, kernel=kernel)
+        elif cell == "convlstm":
+            self.cell = ConvLSTMCell(in_channels=1, filters=filters, kernel=kernel)
+        elif cell == "conv1x1":
+            self.cell = None
+            self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
+        else:
+            raise ValueError(f"cell={cell!r}; choose one of: convgru, convlstm, conv1x1")
+        self.head = nn.Conv2d(filters if self.cell is not None else 1, 1, 1)  # Eq. 9: W^P, b^P
+
+    def start(self, q: torch.Tensor):
+        return None if self.cell is None else self.cell.initial_state(q)
+
+    def step(self, q: torch.Tensor, state):
+        """q: (B, 1, H, W) -> logits of P_t (B, 1, H, W), new state."""
+        if self.cell is None:
+            return self.head(q), None
+        out, state = self.cell(q, state)
+        return self.head(out), state
+
+    def final(self, last_logits: torch.Tensor, qs: list[torch.Tensor]) -> torch.Tensor:
+        """Logits of the output map (B, 1, H, W)."""
+        if self.cell is None:
+            return self.stack(torch.cat(qs, dim=1))  # (B, T, H, W) -> (B, 1, H, W)
+        return last_logits
