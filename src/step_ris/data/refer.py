@@ -1,0 +1,528 @@
+"""Reader for the REFER on-disk layout (RefCOCO, RefCOCO+, RefCOCOg, ReferIt, ShapesRef).
+
+Layout under a data root (the layout of the REFER toolkit, github.com/lichengunc/refer)::
+
+    <root>/refcoco/refs(unc).p          pickled list of refs (Python 2 protocol)
+    <root>/refcoco/instances.json       COCO-style images / annotations / categories
+    <root>/images/mscoco/images/train2014/<file_name>
+
+A ref is ``{ref_id, ann_id, image_id, split, category_id, sentences: [{sent_id, sent, raw,
+tokens}], sent_ids, file_name}`` (``file_name`` of a ref is not an image file: images are named
+by ``instances.json``). One sample is one (ref, sentence) pair.
+
+The refs pickles are read with a *restricted* unpickler: plain containers and scalars only
+(plus ``set``/``frozenset``); a pickle that asks to import anything else is refused with a
+:class:`DataError` before any of its code runs.
+
+Dataset names (``name`` or ``name:split``), see :data:`DATASETS`:
+
+============  ===============================  ================================  =========================
+name          refs file                        images                            splits
+============  ===============================  ================================  =========================
+refcoco       refcoco/refs(unc).p              images/mscoco/images/train2014    train val testA testB
+refcoco+      refcoco+/refs(unc).p             images/mscoco/images/train2014    train val testA testB
+refcocog      refcocog/refs(google).p          images/mscoco/images/train2014    train val
+refcocog-umd  refcocog/refs(umd).p             images/mscoco/images/train2014    train val test
+refclef       refclef/refs(berkeley).p         images/saiapr_tc-12               train val test trainval
+shapesref     shapesref/refs(unc).p            images/shapesref                  train val testA testB
+shapesref+    shapesref+/refs(unc).p           images/shapesref                  train val testA testB
+============  ===============================  ================================  =========================
+
+``referit`` is an alias of ``refclef``; ``trainval`` (refclef) is train + val. Where to
+download each file is in :data:`DOWNLOADS` and ``docs/data.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+log = logging.getLogger(__name__)
+
+REFER_BASE = "https://bvisionweb1.cs.unc.edu/licheng/referit/data"
+
+DOWNLOADS: dict[str, str] = {
+    "refcoco": f"{REFER_BASE}/refcoco.zip",
+    "refcoco+": f"{REFER_BASE}/refcoco+.zip",
+    "refcocog": f"{REFER_BASE}/refcocog.zip",
+    "refclef": f"{REFER_BASE}/refclef.zip",
+    "coco_train2014": "http://images.cocodataset.org/zips/train2014.zip",
+    "saiapr_tc-12": f"{REFER_BASE}/images/saiapr_tc-12.zip",
+}
+"""Public download locations (the REFER toolkit's files; COCO's own image archive)."""
+
+MAX_LISTED = 20
+"""How many offending ref ids ``check_dataset`` lists per problem."""
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent (the message says which and what to do)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where one REFER dataset lives under a data root and which splits it has.
+
+    ``annotations_help`` / ``images_help`` tell the user how to obtain the files; they contain a
+    ``{root}`` placeholder for the data root.
+    """
+
+    name: str
+    title: str
+    folder: str
+    refs_file: str
+    image_dir: str
+    splits: tuple[str, ...]
+    annotations_help: str
+    images_help: str
+    composite_splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def all_splits(self) -> tuple[str, ...]:
+        return self.splits + tuple(self.composite_splits)
+
+    def refs_path(self, root: str | Path) -> Path:
+        return Path(root) / self.folder / self.refs_file
+
+    def instances_path(self, root: str | Path) -> Path:
+        return Path(root) / self.folder / "instances.json"
+
+    def image_root(self, root: str | Path) -> Path:
+        return Path(root) / self.image_dir
+
+    def members(self, split: str) -> tuple[str, ...]:
+        """The ``split`` values of refs that make up ``split`` (``trainval`` -> train, val)."""
+        split = self.resolve_split(split)
+        return self.composite_splits.get(split, (split,))
+
+    def resolve_split(self, split: str) -> str:
+        """Canonical spelling of ``split`` (case-insensitive); ValueError listing the allowed ones."""
+        for s in self.all_splits:
+            if s.lower() == str(split).lower():
+                return s
+        raise ValueError(f"dataset {self.name!r} has no split {split!r}; allowed splits: {', '.join(self.all_splits)}")
+
+
+def _coco_help(zip_name: str) -> str:
+    return f"download {zip_name}.zip from {DOWNLOADS[zip_name]} and unzip it into {{root}}"
+
+
+_COCO_IMAGES = (
+    f"download COCO train2014 images from {DOWNLOADS['coco_train2014']} and unzip them so that the "
+    "photos are in {root}/images/mscoco/images/train2014/"
+)
+_SHAPES_HELP = (
+    "ShapesRef is generated locally, not downloaded: run the ShapesRef generator "
+    "(step_ris.data.shapesref) with data root {root}"
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec(
+            "refcoco",
+            "RefCOCO (UNC split)",
+            "refcoco",
+            "refs(unc).p",
+            "images/mscoco/images/train2014",
+            ("train", "val", "testA", "testB"),
+            _coco_help("refcoco"),
+            _COCO_IMAGES,
+        ),
+        DatasetSpec(
+            "refcoco+",
+            "RefCOCO+ (UNC split)",
+            "refcoco+",
+            "refs(unc).p",
+            "images/mscoco/images/train2014",
+            ("train", "val", "testA", "testB"),
+            _coco_help("refcoco+"),
+            _COCO_IMAGES,
+        ),
+        DatasetSpec(
+            "refcocog",
+            "RefCOCOg (Google split)",
+            "refcocog",
+            "refs(google).p",
+            "images/mscoco/images/train2014",
+            ("train", "val"),
+            _coco_help("refcocog"),
+            _COCO_IMAGES,
+        ),
+        DatasetSpec(
+            "refcocog-umd",
+            "RefCOCOg (UMD split)",
+            "refcocog",
+            "refs(umd).p",
+            "images/mscoco/images/train2014",
+            ("train", "val", "test"),
+            _coco_help("refcocog") + " (it holds both refs(google).p and refs(umd).p)",
+            _COCO_IMAGES,
+        ),
+        DatasetSpec(
+            "refclef",
+            "ReferIt / RefCLEF (Berkeley split)",
+            "refclef",
+            "refs(berkeley).p",
+            "images/saiapr_tc-12",
+            ("train", "val", "test"),
+            _coco_help("refclef"),
+            f"download the IAPR TC-12 (saiapr_tc-12) subset from {DOWNLOADS['saiapr_tc-12']} and unzip "
+            "it so that {root}/images/saiapr_tc-12/ holds its folders",
+            {"trainval": ("train", "val")},
+        ),
+        DatasetSpec(
+            "shapesref",
+            "ShapesRef",
+            "shapesref",
+            "refs(unc).p",
+            "images/shapesref",
+            ("train", "val", "testA", "testB"),
+            _SHAPES_HELP,
+            _SHAPES_HELP,
+        ),
+        DatasetSpec(
+            "shapesref+",
+            "ShapesRef+",
+            "shapesref+",
+            "refs(unc).p",
+            "images/shapesref",
+            ("train", "val", "testA", "testB"),
+            _SHAPES_HELP,
+            _SHAPES_HELP,
+        ),
+    )
+}
+
+ALIASES: dict[str, str] = {"referit": "refclef", "refcocog-google": "refcocog", "refclef-berkeley": "refclef"}
+
+
+def dataset_names() -> list[str]:
+    """Every accepted dataset name (aliases included)."""
+    return sorted(DATASETS) + sorted(ALIASES)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a dataset name (case-insensitive, aliases allowed)."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
+    return DATASETS[key]
+
+
+def parse_dataset_name(name: str) -> tuple[DatasetSpec, str | None]:
+    """Parse ``"refcoco"`` or ``"refcoco:testA"`` into (spec, canonical split or None)."""
+    base, sep, split = str(name).partition(":")
+    spec = get_spec(base)
+    if not sep:
+        return spec, None
+    if not split:
+        raise ValueError(f"{name!r}: empty split after ':'; allowed splits: {', '.join(spec.all_splits)}")
+    return spec, spec.resolve_split(split)
+
+
+# --------------------------------------------------------------------------------------------
+# restricted unpickling
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds plain containers and scalars only; refuses to import anything (no code runs)."""
+
+    _ALLOWED = {(m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def load_refs(path: str | Path) -> list[dict]:
+    """Read a REFER refs pickle (Python 2 or 3 protocol) safely; returns the list of ref dicts.
+
+    Raises:
+        DataError: missing file, corrupt pickle, a pickle that would import/run code, or
+            content that is not a list of dicts.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"refs file not found: {path}") from None
+    except OSError as exc:
+        raise DataError(f"cannot read refs file {path}: {exc}") from None
+    try:
+        refs = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        if "refusing to load global" in str(exc):
+            raise DataError(
+                f"{path}: this pickle asks to import code ({exc}); refusing to run code from a data "
+                "file. A genuine REFER refs file holds only lists, dicts, strings and numbers: "
+                "re-download it from its official source"
+            ) from None
+        raise DataError(f"{path}: not a valid refs pickle ({exc}); re-download it") from None
+    except Exception as exc:  # truncated or garbage input raises many types
+        raise DataError(f"{path}: not a valid refs pickle ({type(exc).__name__}: {exc}); re-download it") from None
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        raise DataError(f"{path}: expected a pickled list of ref dicts, got {type(refs).__name__}")
+    return refs
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+
+
+def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
+    """Rasterise a COCO segmentation to a uint8 ``(height, width)`` mask in {0, 1}.
+
+    Accepts polygons (list of ``[x1, y1, x2, y2, ...]``; their union is taken), uncompressed
+    RLE (``counts`` a list of ints), compressed RLE (``counts`` a str or bytes), or a list of
+    RLEs.
+    """
+    if isinstance(seg, dict):
+        return _decode_rle(seg, height, width)
+    if isinstance(seg, list):
+        if not seg:
+            return np.zeros((height, width), dtype=np.uint8)
+        if all(isinstance(s, dict) for s in seg):
+            out = np.zeros((height, width), dtype=np.uint8)
+            for s in seg:
+                np.maximum(out, _decode_rle(s, height, width), out=out)
+            return out
+        polys = [[float(v) for v in p] for p in seg if isinstance(p, (list, tuple))]
+        good = [p for p in polys if len(p) >= 6 and len(p) % 2 == 0]
+        if len(good) != len(seg):
+            log.debug("dropped %d degenerate polygon(s)", len(seg) - len(good))
+        if not good:
+            return np.zeros((height, width), dtype=np.uint8)
+        rles = mask_utils.frPyObjects(good, height, width)
+        m = _coco_decode(rles)  # (H, W, n)
+        return m.max(axis=2).astype(np.uint8)
+    raise ValueError(f"unsupported segmentation of type {type(seg).__name__}")
+
+
+def _coco_decode(rle: Any) -> np.ndarray:
+    # pycocotools built against numpy 1 emits a DeprecationWarning about __array__(copy=...)
+    # on every decode under numpy 2; it is harmless noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
+        return mask_utils.decode(rle)
+
+
+def _decode_rle(rle: dict, height: int, width: int) -> np.ndarray:
+    size = rle.get("size")
+    counts = rle.get("counts")
+    if size is None or counts is None:
+        raise ValueError("RLE segmentation needs 'size' and 'counts'")
+    h, w = int(size[0]), int(size[1])
+    if (h, w) != (height, width):
+        raise ValueError(f"RLE size {h}x{w} differs from the image size {height}x{width}")
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects(rle, h, w)
+    elif isinstance(counts, str):
+        rle = {"size": [h, w], "counts": counts.encode("ascii")}
+    m = _coco_decode(rle)
+    if m.ndim == 3:
+        m = m.max(axis=2)
+    return (m > 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# the dataset reader
+
+
+class Sample(NamedTuple):
+    """One (ref, sentence) pair."""
+
+    ref: dict
+    sentence: dict
+
+
+class ReferData:
+    """Refs + ``instances.json`` of one REFER dataset under ``root``.
+
+    Attributes:
+        spec: the dataset's :class:`DatasetSpec`.
+        refs: every ref, in file order.
+        images: ``image_id -> image dict`` (``file_name``, ``height``, ``width``, ...).
+        anns: ``ann_id -> annotation dict``.
+        categories: ``category_id -> name``.
+    """
+
+    def __init__(self, root: str | Path, dataset: str):
+        spec, split = parse_dataset_name(dataset)
+        if split is not None:
+            raise ValueError(
+                f"ReferData takes a dataset name without a split (got {dataset!r}); pass the split to "
+                f".samples({split!r})"
+            )
+        self.spec = spec
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data root not found or not a directory: {self.root}")
+        refs_path = spec.refs_path(self.root)
+        if not refs_path.is_file():
+            raise DataError(
+                f"refs file of {spec.title} not found: {refs_path}; {spec.annotations_help.format(root=self.root)}"
+            )
+        inst_path = spec.instances_path(self.root)
+        if not inst_path.is_file():
+            raise DataError(
+                f"annotations file (instances.json) of {spec.title} not found: {inst_path}; "
+                f"{spec.annotations_help.format(root=self.root)}"
+            )
+        self.refs_path, self.instances_path = refs_path, inst_path
+        self.refs = load_refs(refs_path)
+        self._validate_refs()
+        try:
+            instances = json.loads(inst_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{inst_path}: not a readable JSON annotations file ({exc}); re-download it") from None
+        if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
+            raise DataError(f"{inst_path}: expected a COCO-style dict with 'images' and 'annotations'")
+        self.images: dict[int, dict] = {im["id"]: im for im in instances["images"]}
+        self.anns: dict[int, dict] = {a["id"]: a for a in instances["annotations"]}
+        self.categories: dict[int, str] = {c["id"]: c.get("name", "") for c in instances.get("categories", [])}
+        self.refs_by_id: dict[int, dict] = {r["ref_id"]: r for r in self.refs}
+        log.debug("%s: %d refs, %d images, %d annotations", spec.name, len(self.refs), len(self.images), len(self.anns))
+
+    def _validate_refs(self) -> None:
+        need = ("ref_id", "ann_id", "image_id", "split", "sentences")
+        for i, ref in enumerate(self.refs):
+            missing = [k for k in need if k not in ref]
+            if missing:
+                raise DataError(f"{self.refs_path}: ref #{i} lacks {', '.join(missing)}; not a REFER refs file?")
+            if not isinstance(ref["sentences"], list) or not all(isinstance(s, dict) for s in ref["sentences"]):
+                raise DataError(f"{self.refs_path}: ref {ref['ref_id']} has malformed 'sentences'")
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def refs_in(self, split: str) -> list[dict]:
+        """Refs of ``split`` (``trainval`` expands to train + val), in file order."""
+        members = set(self.spec.members(split))
+        return [r for r in self.refs if r["split"] in members]
+
+    def samples(self, split: str) -> list[Sample]:
+        """Every (ref, sentence) pair of ``split``, refs in file order, sentences in ref order."""
+        return [Sample(r, s) for r in self.refs_in(split) for s in r["sentences"]]
+
+    def image_info(self, image_id: int) -> dict:
+        try:
+            return self.images[image_id]
+        except KeyError:
+            raise DataError(f"image id {image_id} is not in {self.instances_path}") from None
+
+    def ann(self, ann_id: int) -> dict:
+        try:
+            return self.anns[ann_id]
+        except KeyError:
+            raise DataError(f"annotation id {ann_id} is not in {self.instances_path}") from None
+
+    def image_path(self, image_id: int) -> Path:
+        """Path of the photo of ``image_id``: ``<root>/<image_dir>/<file_name>``."""
+        return self.spec.image_root(self.root) / self.image_info(image_id)["file_name"]
+
+    def missing_image_help(self, image_id: int) -> str:
+        return f"image file not found: {self.image_path(image_id)}; {self.spec.images_help.format(root=self.root)}"
+
+    def mask(self, ann: dict | int) -> np.ndarray:
+        """uint8 ``(H, W)`` mask in {0, 1} of an annotation (dict or id), at the image's size."""
+        if not isinstance(ann, dict):
+            ann = self.ann(ann)
+        img = self.image_info(ann["image_id"])
+        try:
+            return decode_segmentation(ann["segmentation"], int(img["height"]), int(img["width"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(
+                f"annotation {ann.get('id')} of image {ann['image_id']} in {self.instances_path}: cannot "
+                f"decode its segmentation ({exc})"
+            ) from None
+
+
+def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) -> dict[str, Any]:
+    """Inspect a dataset on disk without decoding images (for ``step-ris data check``).
+
+    Returns a dict with ``dataset``, ``title``, ``root``, ``refs_file``, ``instances_file``,
+    ``image_dir``, ``splits`` (``{split: {refs, sentences, images}}`` for every split value in
+    the file and every allowed split), ``total`` (same counts), ``unknown_splits`` (split values
+    of the file the registry does not list), ``missing_images`` / ``missing_annotations``
+    (``{count, ref_ids}``, ids capped at ``max_listed``; an image is missing when its file is
+    absent or its id is not in instances.json), ``problems`` (human-readable lines) and ``ok``.
+
+    Raises:
+        DataError: the refs or instances file is missing or unreadable.
+    """
+    data = ReferData(root, dataset)
+    spec = data.spec
+    splits: dict[str, dict[str, set | int]] = {}
+    for s in spec.splits:
+        splits[s] = {"refs": 0, "sentences": 0, "images": set()}
+    exists: dict[int, bool] = {}
+    missing_img: list[int] = []
+    missing_ann: list[int] = []
+    for ref in data.refs:
+        c = splits.setdefault(ref["split"], {"refs": 0, "sentences": 0, "images": set()})
+        c["refs"] += 1
+        c["sentences"] += len(ref["sentences"])
+        c["images"].add(ref["image_id"])
+        iid = ref["image_id"]
+        if iid not in exists:
+            exists[iid] = iid in data.images and data.image_path(iid).is_file()
+        if not exists[iid]:
+            missing_img.append(ref["ref_id"])
+        if ref["ann_id"] not in data.anns:
+            missing_ann.append(ref["ref_id"])
+    out_splits = {
+        s: {"refs": c["refs"], "sentences": c["sentences"], "images": len(c["images"])} for s, c in splits.items()
+    }
+    for comp, members in spec.composite_splits.items():
+        imgs = set().union(*(splits[m]["images"] for m in members))
+        out_splits[comp] = {
+            "refs": sum(out_splits[m]["refs"] for m in members),
+            "sentences": sum(out_splits[m]["sentences"] for m in members),
+            "images": len(imgs),
+        }
+    unknown = sorted(s for s in splits if s not in spec.splits)
+    total = {
+        "refs": len(data.refs),
+        "sentences": sum(len(r["sentences"]) for r in data.refs),
+        "images": len({r["image_id"] for r in data.refs}),
+    }
+    problems: list[str] = []
+    if missing_img:
+        problems.append(
+            f"{len(missing_img)} ref(s) point to missing images (under {spec.image_root(data.root)}); "
+            f"{spec.images_help.format(root=data.root)}"
+        )
+    if missing_ann:
+        problems.append(f"{len(missing_ann)} ref(s) point to annotations absent from {data.instances_path}")
+    if unknown:
+        problems.append(f"refs file has split values not used by {spec.name}: {', '.join(unknown)}")
+    empty = [s for s in spec.splits if out_splits[s]["refs"] == 0]
+    if empty:
+        problems.append(f"no refs in split(s): {', '.join(empty)}")
+    return {
+        "dataset": spec.name,
+        "title": spec.title,
+        "root": str(data.root),
+        "refs_file": str(data.refs_path),
+        "instances_file": str(data.instances_path),
+        "image_dir": str(spec.image_root(data.root)),
+        "splits": out_splits,
+        "total": total,
+        "unknown_splits": unknown,
+        "missing_images": {"count": len(missing_img), "ref_ids": missing_img[:max_listed]},
+        "missing_annotations": {"count": len(missing_ann), "ref_ids": missing_ann[:max_listed]},
+        "problems": problems,
+        "ok": not (missing_img or missing_ann),
+    }

@@ -1,0 +1,44 @@
+"""Losses (Eq. 11 and the optional switches of spec section 7). Pure functions of tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: binary cross-entropy from logits, averaged over pixels and samples.
+
+    logits, target: (B, 1, S, S) or (B, S, S); target in {0, 1}.
+    """
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float().expand_as(logits))
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per sample, averaged: 1 - (2|P.G| + eps) / (|P| + |G| + eps)."""
+    p = torch.sigmoid(logits.float()).flatten(1)
+    g = target.float().expand_as(logits).flatten(1)
+    return (1 - (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, step_logits: torch.Tensor | None = None,
+                      dice_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE (+ Dice) on the output map and, when ``step_logits`` is given, on every P_t.
+
+    logits: (B, 1, S, S); target: (B, S, S); step_logits: (B, T, S/4, S/4) upsampled to S here.
+    Returns the loss and its parts (floats, for logging).
+    """
+    target = target.unsqueeze(1)  # (B, 1, S, S)
+    maps = [logits]
+    if step_logits is not None:
+        up = F.interpolate(step_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)  # (B, T, S, S)
+        maps += list(up[:, :-1].unbind(1))  # P_T is already the output map
+        maps = [m if m.dim() == 4 else m.unsqueeze(1) for m in maps]
+    bce = sum(bce_loss(m, target) for m in maps) / len(maps)
+    total, parts = bce, {"bce": float(bce.detach())}
+    if dice_weight > 0:
+        dice = sum(dice_loss(m, target) for m in maps) / len(maps)
+        total = total + dice_weight * dice
+        parts["dice"] = float(dice.detach())
+    parts["loss"] = float(total.detach())
+    return total, parts

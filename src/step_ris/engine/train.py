@@ -1,0 +1,306 @@
+"""Training (Sec. 3.6): one function, read top to bottom.
+
+    step-ris train --preset shapes-cpu --dataset shapesref --root data/shapesref --out runs/a
+    torchrun --nproc_per_node 2 -m step_ris.cli train ...    (DistributedDataParallel, same command)
+
+The run folder holds ``config.json`` (the resolved config), ``vocab.json``, ``last.pt`` (written
+atomically every ``train.checkpoint_every`` steps and on Ctrl-C / SIGTERM), ``metrics.jsonl``
+(one line per evaluation, with training minutes) and ``tb/`` (TensorBoard). ``--resume``
+continues from ``last.pt`` and ends where an uninterrupted run would: the data order and the
+learning rate are pure functions of the step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from ..config import ExperimentConfig
+from ..data.dataset import ReferDataset, build_vocab, collate
+from ..data.refer import ReferData
+from ..model import STEPModel, build_model
+from ..text import Vocabulary
+from .checkpoint import FORMAT, atomic_save, capture_rng, load_checkpoint, restore_rng
+from .evaluate import evaluate, format_results, subset_indices
+from .features import CachedSamples, FeatureCache, collate_cached
+from .losses import segmentation_loss
+from .schedule import poly_lr
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, incompatible resume, ...); the message says why."""
+
+
+class StepBatchSampler(Sampler):
+    """Batches of sample indices for steps ``start .. stop - 1``, a pure function of the step.
+
+    The global order is one seeded permutation per epoch; step ``k`` takes global positions
+    ``[k * B * world, (k + 1) * B * world)`` and rank ``r`` its ``r``-th block of ``B``.
+    """
+
+    def __init__(self, n: int, batch_size: int, start: int, stop: int, *, seed: int = 0, world: int = 1,
+                 rank: int = 0):
+        self.n, self.batch, self.start, self.stop = n, batch_size, start, stop
+        self.seed, self.world, self.rank = seed, world, rank
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n)}
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> list[int]:
+        first = (step * self.world + self.rank) * self.batch
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + self.batch)]
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            yield self.indices(step)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world) — initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise TrainingError(f"--resume: no checkpoint {out / 'last.pt'}; start a new run without --resume")
+        return
+    if (out / "last.pt").exists() or (out / "config.json").exists():
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+
+
+def load_vectors_for(cfg: ExperimentConfig, vocab: Vocabulary):
+    """Pretrained word vectors for ``vocab`` (None for learned embeddings)."""
+    if cfg.model.word_vectors == "learned":
+        return None, None
+    from ..data.glove import load_word_vectors
+
+    vectors, known = load_word_vectors(cfg.model.word_vectors, vocab, dim=cfg.model.word_dim,
+                                       cache_dir=Path(cfg.data.root))
+    return vectors, known
+
+
+def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train STEP as ``cfg`` says; returns the last evaluation. See the module docstring."""
+    out = Path(out)
+    rank, world = _distributed()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if rank == 0:
+        _prepare_out(out, resume)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        saved = ExperimentConfig.from_dict(ckpt["config"])
+        if saved.model != cfg.model or saved.data != cfg.data:
+            raise TrainingError(f"{out}: the run was made with another model/data config; resume it with "
+                                "the config in its config.json (only train.* may change)")
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed + rank)
+
+    # ---- data
+    data = ReferData(cfg.data.root, cfg.data.dataset)
+    vocab = Vocabulary(ckpt["vocab"][2:]) if ckpt else build_vocab(cfg.data.root, cfg.data.dataset, cfg.data.train_split)
+    common = dict(vocab=vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
+                  blank_language=cfg.data.blank_language, data=data)
+    train_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.train_split, **common)
+    val_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.val_split, **common) if rank == 0 else None
+
+    # ---- model and optimiser
+    vectors, known = (None, None) if ckpt else load_vectors_for(cfg, vocab)
+    model = build_model(cfg.model, len(vocab), word_vectors=vectors, known_words=known,
+                        load_backbone_weights=ckpt is None).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    step, train_seconds, history = 0, 0.0, []
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, train_seconds = ckpt["step"], ckpt["train_seconds"]
+        restore_rng(ckpt["rng"])
+        log.info("resumed %s at step %d (%.1f training minutes)", out, step, train_seconds / 60)
+    elif rank == 0:
+        (out / "config.json").write_text(cfg.to_json())
+        vocab.save(out / "vocab.json")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    cache = val_cache = None
+    eval_idx = subset_indices(len(val_set), t.eval_samples, t.seed) if val_set is not None else []
+    if cfg.model.freeze_backbone:
+        cache = FeatureCache(model.visual.backbone, train_set, device=device, progress=progress and rank == 0)
+        if val_set is not None:
+            val_cache = FeatureCache(model.visual.backbone, val_set, device=device, indices=eval_idx,
+                                     progress=progress and rank == 0)
+        source, collate_fn = CachedSamples(train_set, cache), collate_cached
+    else:
+        source, collate_fn = train_set, collate
+    sampler = StepBatchSampler(len(source), t.batch_size, step, t.iters, seed=t.seed, world=world, rank=rank)
+    loader = DataLoader(source, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.data.workers,
+                        persistent_workers=False)
+
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+
+    def save() -> None:
+        if rank != 0:
+            return
+        atomic_save({"format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_list(), "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "step": step, "train_seconds": train_seconds,
+                     "rng": capture_rng(), "history": history}, out / "last.pt")
+
+    def run_eval() -> dict[str, Any]:
+        result = evaluate(model, val_set, batch_size=max(t.batch_size, 16), device=device, seed=t.seed,
+                          limit=t.eval_samples, cache=val_cache, amp=t.amp, progress=progress,
+                          references=not history)
+        record = {"step": step, "train_minutes": train_seconds / 60, "samples": step * t.batch_size * world,
+                  **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "n")},
+                  "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
+        if "references" in result:
+            record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
+        history.append(record)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("step %d (%.1f min): %s", step, train_seconds / 60, format_results(result))
+        for k in ("oIoU", "mIoU", "prec@0.5"):
+            writer.add_scalar(f"val/{k}", result[k], step)
+        return result
+
+    # Ctrl-C / SIGTERM: finish the step, save, stop.
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    device_type = device.type
+    last_result: dict[str, Any] = {}
+    bar = tqdm(total=t.iters, initial=step, desc="train", unit="it", disable=not (progress and rank == 0),
+               dynamic_ncols=True)
+    try:
+        model.train()
+        tick = time.perf_counter()
+        for batch in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = poly_lr(step, base_lr=t.lr, max_steps=t.iters, power=t.poly_power,
+                                      warmup=t.warmup_iters)
+            tokens, valid = batch["tokens"].to(device), batch["valid_hw"].to(device)
+            target = batch["mask"].to(device)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=t.amp):
+                if cache is not None:
+                    features = model.visual.add_coordinates(cache.get(batch["row"], device))
+                    result = net(None, tokens, valid, features=features, return_intermediates=t.loss_all_steps)
+                else:
+                    result = net(batch["image"].to(device), tokens, valid, return_intermediates=t.loss_all_steps)
+            loss, parts = segmentation_loss(result.logits, target, step_logits=result.step_logits,
+                                            dice_weight=t.dice_weight)
+            if not math.isfinite(parts["loss"]):
+                raise TrainingError(f"the loss became {parts['loss']} at step {step}; the last good checkpoint is "
+                                    f"{out / 'last.pt'}. Lower train.lr, set train.grad_clip, or turn off train.amp")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            optimizer.step()
+            step += 1
+            now = time.perf_counter()
+            train_seconds += now - tick
+            tick = now
+            if rank == 0:
+                bar.update(1)
+                if step % t.log_every == 0 or step == t.iters:
+                    rate = step * t.batch_size * world / max(train_seconds, 1e-9)
+                    bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                    samples_s=f"{rate:.1f}")
+                    for k, v in parts.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                    writer.add_scalar("train/samples_per_s", rate, step)
+                if t.eval_every and step % t.eval_every == 0 and step < t.iters:
+                    last_result = run_eval()
+                    _log_images(writer, model, batch, result, step)
+                    tick = time.perf_counter()  # evaluation time is not training time
+                if step % t.checkpoint_every == 0:
+                    save()
+            if stop["signal"]:
+                break
+        if stop["signal"]:
+            save()
+            log.warning("%s: saved %s at step %d; continue with --resume", stop["signal"], out / "last.pt", step)
+            return {"interrupted": stop["signal"], "step": step}
+        save()
+        if rank == 0:
+            last_result = run_eval()
+            save()  # with the final evaluation in its history
+        return last_result
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if writer is not None:
+            writer.close()
+        if world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _log_images(writer, model: STEPModel, batch: dict, result, step: int) -> None:
+    """TensorBoard: target, prediction and every P_t of the first sample of a batch."""
+    with torch.no_grad():
+        target = batch["mask"][:1].unsqueeze(1).float()  # (1, 1, S, S)
+        pred = torch.sigmoid(result.logits[:1].float()).cpu()  # (1, 1, S, S)
+        writer.add_images("train/target_prediction", torch.cat([target, pred]), step)
+        if result.step_logits is not None:
+            steps = torch.sigmoid(result.step_logits[:1].float()).cpu().transpose(0, 1)  # (T, 1, S/4, S/4)
+            writer.add_images("train/steps_P_t", steps, step)
+        if "image" in batch:
+            writer.add_images("train/input", _denormalise(batch["image"][:1]), step)
+
+
+def _denormalise(images: torch.Tensor) -> torch.Tensor:
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+def with_iters(cfg: ExperimentConfig, iters: int | None) -> ExperimentConfig:
+    return cfg if iters is None else replace(cfg, train=replace(cfg.train, iters=iters))
