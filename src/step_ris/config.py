@@ -96,6 +96,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     eval_samples: int = 0  # 0 = whole val split
     threads: int = 0  # torch CPU threads, 0 = torch's default
+    cache_features: bool = True  # frozen backbone: keep its features on disk under <data.root>/.cache
 
 
 @dataclass(frozen=True)

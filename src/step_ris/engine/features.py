@@ -8,7 +8,10 @@ faster (docs/recipes.md). The cache holds taps *without* coordinates (added per 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ from tqdm import tqdm
 
 from ..data.dataset import ReferDataset
 from ..data.transforms import letterbox_mask
+from .checkpoint import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +38,15 @@ class FeatureCache:
     """
 
     def __init__(self, backbone: torch.nn.Module, dataset: ReferDataset, *, batch_size: int = 32,
-                 device: str | torch.device = "cpu", indices: list[int] | None = None, progress: bool = True):
+                 device: str | torch.device = "cpu", indices: list[int] | None = None, progress: bool = True,
+                 cache_file: str | Path | None = None):
         first_sample: dict[int, int] = {}
         for i in indices if indices is not None else range(len(dataset)):
             first_sample.setdefault(dataset.meta(i)["image_id"], i)
         self.rows = {image_id: row for row, image_id in enumerate(first_sample)}
         samples = list(first_sample.values())
+        if cache_file is not None and self._load(Path(cache_file), list(first_sample)):
+            return
         self.valid_hw = torch.zeros(len(samples), 2, dtype=torch.int64)
         self.levels: list[torch.Tensor] = []
         was_training = backbone.training
@@ -61,10 +68,36 @@ class FeatureCache:
         backbone.train(was_training)
         mb = sum(t.numel() * 2 for t in self.levels) / 2**20
         log.info("cached backbone features of %d images (%.0f MB)", len(samples), mb)
+        if cache_file is not None:
+            atomic_save({"image_ids": list(first_sample), "valid_hw": self.valid_hw, "levels": self.levels},
+                        cache_file)
+
+    def _load(self, path: Path, image_ids: list[int]) -> bool:
+        """Reuse features saved by an earlier run when they cover exactly these images."""
+        if not path.is_file():
+            return False
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+            log.warning("ignoring unreadable feature cache %s (%s)", path, e)
+            return False
+        if saved.get("image_ids") != image_ids:
+            log.info("feature cache %s is for other images; recomputing", path)
+            return False
+        self.valid_hw, self.levels = saved["valid_hw"], saved["levels"]
+        log.info("loaded backbone features of %d images from %s", len(image_ids), path)
+        return True
 
     def get(self, rows: torch.Tensor, device: str | torch.device = "cpu") -> list[torch.Tensor]:
         """Taps of the images at ``rows`` (B,) as float32 on ``device``: five (B, C_l, h_l, w_l)."""
         return [level[rows].to(device, torch.float32) for level in self.levels]
+
+
+def cache_path(folder: str | Path, model_cfg: Any, dataset: ReferDataset, tag: str) -> Path:
+    """Where the features of ``dataset`` under this backbone/input size are kept."""
+    key = json.dumps([model_cfg.backbone, model_cfg.backbone_weights, model_cfg.image_size,
+                      dataset.dataset_name, dataset.split, tag])
+    return Path(folder) / f"features-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
 
 class CachedSamples(Dataset):

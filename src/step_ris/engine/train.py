@@ -35,7 +35,7 @@ from ..model import STEPModel, build_model
 from ..text import Vocabulary
 from .checkpoint import FORMAT, atomic_save, capture_rng, load_checkpoint, restore_rng
 from .evaluate import evaluate, format_results, subset_indices
-from .features import CachedSamples, FeatureCache, collate_cached
+from .features import CachedSamples, FeatureCache, cache_path, collate_cached
 from .losses import segmentation_loss
 from .schedule import poly_lr
 
@@ -162,10 +162,14 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     cache = val_cache = None
     eval_idx = subset_indices(len(val_set), t.eval_samples, t.seed) if val_set is not None else []
     if cfg.model.freeze_backbone:
-        cache = FeatureCache(model.visual.backbone, train_set, device=device, progress=progress and rank == 0)
+        folder = Path(cfg.data.root) / ".cache"
+        cache = FeatureCache(model.visual.backbone, train_set, device=device, progress=progress and rank == 0,
+                             cache_file=cache_path(folder, cfg.model, train_set, "all") if t.cache_features else None)
         if val_set is not None:
             val_cache = FeatureCache(model.visual.backbone, val_set, device=device, indices=eval_idx,
-                                     progress=progress and rank == 0)
+                                     progress=progress and rank == 0,
+                                     cache_file=cache_path(folder, cfg.model, val_set, f"eval{t.eval_samples}-{t.seed}")
+                                     if t.cache_features else None)
         source, collate_fn = CachedSamples(train_set, cache), collate_cached
     else:
         source, collate_fn = train_set, collate

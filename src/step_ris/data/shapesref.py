@@ -1,0 +1,394 @@
+"""ShapesRef: a synthetic referring-segmentation benchmark that can only be solved by reading.
+
+Scenes of 3-8 coloured shapes on muted textured backgrounds; every expression comes from a
+logical form that the evaluator grounds to exactly its referent. Written in the REFER layout::
+
+    ROOT/images/shapesref/<file_name>          PNG images (shared by both datasets)
+    ROOT/shapesref/instances.json              COCO instances (+ per-object "attributes")
+    ROOT/shapesref/refs(unc).p                 refs, all five expression families
+    ROOT/shapesref+/instances.json             same instances (identical bytes)
+    ROOT/shapesref+/refs(unc).p                refs without absolute location words
+    ROOT/shapesref_manifest.json               generator parameters and counts
+
+See docs/shapesref.md for the families, phrasings and splits. The modules behind it:
+``shapesref_scene`` (geometry, rendering), ``shapesref_logic`` (forms, evaluator),
+``shapesref_language`` (phrasings), ``shapesref_plan`` (referents and forms).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import pickle
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from step_ris.data.shapesref_logic import evaluate_logical_form, form_to_dict
+from step_ris.data.shapesref_plan import (
+    DATASETS,
+    FAMILIES,
+    SPLITS,
+    FamilyBalancer,
+    PlannedRef,
+    plan_refs,
+)
+from step_ris.data.shapesref_scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
+
+__all__ = [
+    "DEFAULT_SPLIT_RATIOS",
+    "DATASETS",
+    "FAMILIES",
+    "SPLITS",
+    "evaluate_logical_form",
+    "generate_shapesref",
+    "image_objects",
+    "load_shapesref",
+    "referent_bias_report",
+    "split_counts",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+GENERATOR_NAME = "step-ris shapesref"
+MANIFEST = "shapesref_manifest.json"
+IMAGE_SUBDIR = Path("images") / "shapesref"
+INSTANCES = "instances.json"
+REFS_FILE = "refs(unc).p"
+PICKLE_PROTOCOL = 2
+PNG_COMPRESS_LEVEL = 1  # grain noise barely compresses; level 6 is 2.5x slower for -15% size
+DEFAULT_SIZE = 320
+MIN_SIZE = 64
+MAX_SIZE = 4096
+DEFAULT_SPLIT_RATIOS: dict[str, float] = {"train": 0.8, "val": 0.1, "testA": 0.05, "testB": 0.05}
+MAX_SCENE_ATTEMPTS = 50
+COORD_DECIMALS = 2
+OUTPUT_DIR_MODE = 0o755
+POSITION_DECIMALS = 4
+
+
+# --- arguments and splits ---------------------------------------------------------------------------
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def _check_ratios(ratios: Mapping[str, float] | None) -> dict[str, float]:
+    if ratios is None:
+        return dict(DEFAULT_SPLIT_RATIOS)
+    if set(ratios) != set(SPLITS):
+        raise ValueError(f"split_ratios needs exactly the keys {', '.join(SPLITS)}, got {sorted(ratios)}")
+    if any(not isinstance(r, (int, float)) or r < 0 or not math.isfinite(r) for r in ratios.values()):
+        raise ValueError(f"split ratios must be finite and >= 0, got {dict(ratios)}")
+    total = float(sum(ratios.values()))
+    if total <= 0:
+        raise ValueError("split ratios must not all be 0")
+    return {s: float(ratios[s]) / total for s in SPLITS}
+
+
+def split_counts(images: int, ratios: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Images per split: largest remainder, then at least one image in every split with a positive
+    ratio while there are enough images (train first, then testA, testB, val)."""
+    r = _check_ratios(ratios)
+    raw = {s: images * r[s] for s in SPLITS}
+    counts = {s: int(math.floor(raw[s])) for s in SPLITS}
+    for s in sorted(SPLITS, key=lambda s: (-(raw[s] - counts[s]), SPLITS.index(s)))[: images - sum(counts.values())]:
+        counts[s] += 1
+    for s in ("train", "testA", "testB", "val"):
+        if counts[s] == 0 and r[s] > 0:
+            donor = max(SPLITS, key=lambda d: (counts[d], -SPLITS.index(d)))
+            if counts[donor] > 1:
+                counts[donor] -= 1
+                counts[s] += 1
+    return counts
+
+
+def _assign_splits(images: int, seed: int, ratios: Mapping[str, float] | None) -> list[str]:
+    counts = split_counts(images, ratios)
+    labels = [s for s in SPLITS for _ in range(counts[s])]
+    order = np.random.default_rng(np.random.SeedSequence([seed, images, 0x5EED])).permutation(images)
+    return [labels[int(k)] for k in order]
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    if not is_shapesref_output(out):
+        raise ValueError(f"{out} is not empty and is not a ShapesRef output; choose a new or empty directory")
+    if not overwrite:
+        raise ValueError(f"{out} already holds a ShapesRef dataset; pass overwrite=True to replace it")
+
+
+def is_shapesref_output(root: Path) -> bool:
+    """Whether ``root`` holds a complete ShapesRef output (its manifest is written last)."""
+    try:
+        manifest = json.loads((Path(root) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generator") == GENERATOR_NAME
+
+
+# --- records ------------------------------------------------------------------------------------------
+def _r(v: float, decimals: int = COORD_DECIMALS) -> float:
+    return round(float(v), decimals)
+
+
+def _bbox(bounds: tuple[float, float, float, float]) -> list[float]:
+    x0, y0, x1, y1 = bounds
+    return [_r(x0), _r(y0), _r(x1 - x0), _r(y1 - y0)]
+
+
+def image_objects(scene: Scene) -> list[dict]:
+    """The per-object ``attributes`` dicts (draw order); what the evaluator reads."""
+    out = []
+    for obj, vis in zip(scene.objects, scene.visible, strict=True):
+        poly = obj.polygon
+        cx, cy = obj.center
+        out.append({
+            "shape": obj.shape, "colour": obj.colour, "size": obj.size, "draw_order": obj.draw_order,
+            "centroid": [_r(cx), _r(cy)],
+            "position": [_r(cx / scene.size, POSITION_DECIMALS), _r(cy / scene.size, POSITION_DECIMALS)],
+            "bbox": _bbox(poly.bounds), "full_area": _r(poly.area),
+            "visible_fraction": _r(vis.area / poly.area, POSITION_DECIMALS), "rgb": list(obj.rgb),
+        })
+    return out
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buf.getvalue()
+
+
+class _Builder:
+    """Accumulates COCO instances and refs for both datasets."""
+
+    def __init__(self) -> None:
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+        self.refs: dict[str, list[dict]] = {d: [] for d in DATASETS}
+        self.next_sent_id: dict[str, int] = {d: 1 for d in DATASETS}
+
+    def add_image(self, file_name: str, scene: Scene, split: str, key: dict[str, int],
+                  objects: list[dict], planned: list[PlannedRef]) -> None:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": file_name, "height": scene.size, "width": scene.size,
+                            "split": split, "scene_key": key})
+        ann_ids = []
+        for obj, vis, attrs in zip(scene.objects, scene.visible, objects, strict=True):
+            ann_id = len(self.annotations) + 1
+            ann_ids.append(ann_id)
+            self.annotations.append({
+                "id": ann_id, "image_id": image_id, "category_id": SHAPES.index(obj.shape) + 1,
+                "segmentation": segmentation(vis), "area": _r(vis.area), "bbox": _bbox(vis.bounds),
+                "iscrowd": 0, "attributes": attrs,
+            })
+        for ref in planned:
+            attrs = objects[ref.object_index]
+            for dataset in DATASETS:
+                if ref.sentences[dataset]:
+                    self._add_ref(dataset, ann_ids[ref.object_index], image_id, split,
+                                  SHAPES.index(attrs["shape"]) + 1, file_name, ref)
+
+    def _add_ref(self, dataset: str, ann_id: int, image_id: int, split: str, category_id: int,
+                 file_name: str, ref: PlannedRef) -> None:
+        sentences = []
+        for s in ref.sentences[dataset]:
+            sentences.append({"tokens": list(s.tokens), "raw": s.raw, "sent": " ".join(s.tokens),
+                              "sent_id": self.next_sent_id[dataset], "family": s.family,
+                              "logical_form": form_to_dict(s.form)})
+            self.next_sent_id[dataset] += 1
+        families = [s["family"] for s in sentences]
+        self.refs[dataset].append({
+            # ref_id = ann_id, so a ref has the same id in shapesref and shapesref+
+            "ref_id": ann_id, "ann_id": ann_id, "image_id": image_id, "split": split,
+            "category_id": category_id, "file_name": file_name,
+            "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
+            "family": families[0], "families": sorted(set(families)),
+        })
+
+    def instances(self, size: int, seed: int) -> dict:
+        return {
+            "info": {"description": "ShapesRef synthetic referring segmentation", "version": FORMAT_VERSION,
+                     "seed": seed, "size": size},
+            "images": self.images, "annotations": self.annotations,
+            "categories": [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)],
+        }
+
+
+def _dump_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _generate_image(seed: int, index: int, size: int, split: str, occlusion: bool,
+                    balancer: FamilyBalancer) -> tuple[Scene, dict[str, int], list[dict], list[PlannedRef]]:
+    for attempt in range(MAX_SCENE_ATTEMPTS):
+        scene = make_scene(seed, index, attempt, size, occlusion)
+        objects = image_objects(scene)
+        planned = plan_refs(objects, split, scene_rng(seed, index, attempt, 1), balancer)
+        if planned:
+            return scene, {"seed": seed, "index": index, "attempt": attempt}, objects, planned
+    raise RuntimeError(f"no describable referent in {MAX_SCENE_ATTEMPTS} scenes for image {index}")
+
+
+def _summary(builder: _Builder, splits: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"images": {s: splits.count(s) for s in SPLITS}}
+    for dataset in DATASETS:
+        refs = builder.refs[dataset]
+        summary[dataset] = {
+            "refs": {s: sum(r["split"] == s for r in refs) for s in SPLITS},
+            "sentences": {s: sum(len(r["sentences"]) for r in refs if r["split"] == s) for s in SPLITS},
+            "families": {s: dict(sorted(Counter(x["family"] for r in refs if r["split"] == s
+                                                for x in r["sentences"]).items())) for s in SPLITS},
+        }
+    return summary
+
+
+def _write_tree(tmp: Path, builder: _Builder, manifest: dict, size: int, seed: int) -> None:
+    instances = _dump_json(builder.instances(size, seed))
+    for dataset in DATASETS:
+        (tmp / dataset).mkdir()
+        (tmp / dataset / INSTANCES).write_bytes(instances)
+        (tmp / dataset / REFS_FILE).write_bytes(pickle.dumps(builder.refs[dataset], protocol=PICKLE_PROTOCOL))
+    (tmp / MANIFEST).write_bytes(_dump_json(manifest))  # last: marks the tree complete
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished tree to ``out``, replacing an earlier output (or an empty directory)."""
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    out.rename(old / "tree")
+    try:
+        tmp.rename(out)
+    except BaseException:
+        (old / "tree").rename(out)  # put the earlier output back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFAULT_SIZE, *,
+                       progress: bool = True, occlusion: bool = True, overwrite: bool = False,
+                       split_ratios: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Generate ShapesRef and ShapesRef+ under ``out`` (REFER layout); returns a summary.
+
+    The same ``(images, seed, size, occlusion, split_ratios)`` give byte-identical files. The tree
+    is built in a temporary sibling directory and renamed into place at the end, so an interrupted
+    run leaves no ``out`` that looks complete. A non-empty ``out`` is refused unless it is an earlier
+    ShapesRef output and ``overwrite`` is True.
+
+    Summary keys: ``out``, ``images`` (per split), ``shapesref`` / ``shapesref+`` (refs, sentences
+    and families per split), ``seconds``, ``images_per_second``, plus the arguments.
+    """
+    images = _check_int("images", images, 1)
+    seed = _check_int("seed", seed, 0)
+    size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
+    ratios = _check_ratios(split_ratios)
+    out = Path(out)
+    _check_out(out, overwrite)
+    splits = _assign_splits(images, seed, ratios)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(OUTPUT_DIR_MODE)  # mkdtemp makes it private; the dataset is not
+    start = time.perf_counter()
+    try:
+        (tmp / IMAGE_SUBDIR).mkdir(parents=True)
+        builder, balancer = _Builder(), FamilyBalancer()
+        width = max(6, len(str(images)))
+        for index in tqdm(range(images), total=images, disable=not progress, desc="shapesref", unit="img"):
+            scene, key, objects, planned = _generate_image(seed, index, size, splits[index], occlusion, balancer)
+            file_name = f"shapesref_{index:0{width}d}.png"
+            (tmp / IMAGE_SUBDIR / file_name).write_bytes(_png_bytes(render_scene(scene)[0]))
+            builder.add_image(file_name, scene, splits[index], key, objects, planned)
+        params = {"images": images, "seed": seed, "size": size, "occlusion": occlusion, "split_ratios": ratios}
+        summary = _summary(builder, splits)
+        manifest = {"generator": GENERATOR_NAME, "format_version": FORMAT_VERSION, **params, "summary": summary}
+        _write_tree(tmp, builder, manifest, size, seed)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start
+    result = {"out": str(out), **params, **summary, "seconds": round(seconds, 3),
+              "images_per_second": round(images / seconds, 2) if seconds > 0 else float("inf")}
+    log.info("ShapesRef: %d images (%s) at %d px in %.1f s (%.1f images/s) -> %s", images,
+             ", ".join(f"{s} {n}" for s, n in summary["images"].items()), size, seconds,
+             result["images_per_second"], out)
+    return result
+
+
+# --- reading back and analysis -------------------------------------------------------------------------
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every class: ShapesRef refs are only lists, dicts, strings and numbers."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a refs file")
+
+
+def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, list[dict]]:
+    """``(instances, refs)`` of a generated dataset (``shapesref`` or ``shapesref+``)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    base = Path(root) / dataset
+    if not (base / INSTANCES).is_file() or not (base / REFS_FILE).is_file():
+        raise ValueError(f"{base} does not hold {INSTANCES} and {REFS_FILE}; is {root} a ShapesRef output?")
+    instances = json.loads((base / INSTANCES).read_text())
+    with open(base / REFS_FILE, "rb") as fh:
+        refs = _PlainUnpickler(fh).load()
+    return instances, refs
+
+
+def _objects_by_image(instances: dict) -> dict[int, list[dict]]:
+    """Annotations per image, in draw order."""
+    per: dict[int, list[dict]] = {}
+    for ann in instances["annotations"]:
+        per.setdefault(ann["image_id"], []).append(ann)
+    return {k: sorted(v, key=lambda a: a["attributes"]["draw_order"]) for k, v in per.items()}
+
+
+def _argbest(values: list[float]) -> int:
+    return int(np.argmax(values))
+
+
+def referent_bias_report(root: Path | str, dataset: str = "shapesref") -> dict[str, float]:
+    """How often the referent is the largest (visible area), leftmost, most central, first-drawn or
+    last-drawn object of its image, next to ``chance`` = mean over refs of 1 / objects in the image."""
+    instances, refs = load_shapesref(root, dataset)
+    anns = _objects_by_image(instances)
+    hits: Counter = Counter()
+    chance = 0.0
+    for ref in refs:
+        objs = anns[ref["image_id"]]
+        k = [a["id"] for a in objs].index(ref["ann_id"])
+        pos = [a["attributes"]["position"] for a in objs]
+        hits["largest"] += k == _argbest([a["area"] for a in objs])
+        hits["leftmost"] += k == _argbest([-p[0] for p in pos])
+        hits["most_central"] += k == _argbest([-math.hypot(p[0] - 0.5, p[1] - 0.5) for p in pos])
+        hits["first_drawn"] += k == 0
+        hits["last_drawn"] += k == len(objs) - 1
+        chance += 1 / len(objs)
+    n = max(len(refs), 1)
+    report: dict[str, float] = {"refs": len(refs), "chance": chance / n}
+    report.update({key: hits[key] / n for key in ("largest", "leftmost", "most_central", "first_drawn", "last_drawn")})
+    return report
