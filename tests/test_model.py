@@ -29,6 +29,7 @@ VARIANTS = {
     "1x1-embedding": {"embed_kernel": 1},
     "literal-norm": {"embed_norm": "none"},
     "per-level-psi": {"shared_text_embedding": False},
+    "q-max-norm": {"q_norm": "max"},
     "pretrained-words": {"word_vectors": "glove-6b-50d"},
 }
 

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import types
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ Norm = Literal["none", "layer"]
 FirstStep = Literal["final-state", "uniform"]
 WordVectors = Literal["learned", "glove-6b-50d"]
 Encoder = Literal["bilstm", "lstm"]
+QNorm = Literal["none", "max"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ModelConfig:
     embed_norm: Norm = "none"  # "layer": per-sample normalisation of the pre-activations (spec 5)
     shared_text_embedding: bool = True  # one psi for all levels
     q_scale: float = 1.0  # Q_t multiplied by this before the refiner (1 = literal Eq. 4)
+    q_norm: QNorm = "none"  # "max": Q_t divided by its maximum over the image's valid cells first
     # Top-down refinement, Eqs. 5-9
     cell: Cell = "convlstm"
     filters: int = 32
@@ -92,7 +95,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     seed: int = 0
     log_every: int = 20
-    eval_every: int = 0  # 0 = only at the end
+    eval_every: int = 0  # steps between evaluations; 0 = only at the end
+    eval_every_minutes: float = 0.0  # also evaluate each time this many training minutes pass (0 = off)
+    max_minutes: float = 0.0  # stop (and save) after this many training minutes (0 = no limit)
     checkpoint_every: int = 500
     eval_samples: int = 0  # 0 = whole val split
     threads: int = 0  # torch CPU threads, 0 = torch's default
@@ -181,9 +186,29 @@ def preset_names() -> list[str]:
 
 
 def get_preset(name: str) -> ExperimentConfig:
+    """A named preset, or a config file (``configs/*.json``, as written by ``to_json``)."""
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"config file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        base = get_preset(data.pop("base")) if isinstance(data.get("base"), str) else ExperimentConfig()
+        merged = _merge(base.to_dict(), data)
+        return validate(ExperimentConfig.from_dict(merged))
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} "
+                         "(or a path to a .json config)")
     return PRESETS[name]
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # ----------------------------------------------------------------------------- overrides

@@ -220,6 +220,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                dynamic_ncols=True)
     try:
         model.train()
+        next_eval_minutes = (math.floor(train_seconds / 60 / t.eval_every_minutes) + 1) * t.eval_every_minutes \
+            if t.eval_every_minutes else math.inf
         tick = time.perf_counter()
         for batch in loader:
             for group in optimizer.param_groups:
@@ -257,12 +259,23 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                         writer.add_scalar(f"train/{k}", v, step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                     writer.add_scalar("train/samples_per_s", rate, step)
-                if t.eval_every and step % t.eval_every == 0 and step < t.iters:
+                by_steps = t.eval_every and step % t.eval_every == 0
+                by_time = t.eval_every_minutes and train_seconds >= next_eval_minutes * 60
+                if (by_steps or by_time) and step < t.iters:
                     last_result = run_eval()
+                    while t.eval_every_minutes and train_seconds >= next_eval_minutes * 60:
+                        next_eval_minutes += t.eval_every_minutes
                     _log_images(writer, model, batch, result, step)
                     tick = time.perf_counter()  # evaluation time is not training time
                 if step % t.checkpoint_every == 0:
                     save()
+            if t.max_minutes and train_seconds >= t.max_minutes * 60:
+                log.info("reached train.max_minutes=%g at step %d", t.max_minutes, step)
+                break
+            if world > 1:  # every rank stops at the same step
+                flag = torch.tensor([1.0 if stop["signal"] else 0.0])
+                dist.all_reduce(flag)
+                stop["signal"] = stop["signal"] or ("SIGTERM" if flag.item() > 0 else None)
             if stop["signal"]:
                 break
         if stop["signal"]:

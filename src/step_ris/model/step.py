@@ -86,11 +86,16 @@ class STEPModel(nn.Module):
         use_ltr: False for the "no LTR" ablation.
         first_step: "final-state" (s_1 = final biLSTM state) or "uniform" (P_0 uniform).
         q_scale: factor on Q_t before the refiner (1 = literal).
+        q_norm: "none" (literal) or "max": divide Q_t by its maximum over the valid cells, so the
+            best-matching region of every image reaches 1 whatever the absolute similarity (a
+            global normalisation the paper does not have; it lets the refiner pick "the most
+            compatible" region, which superlatives such as "the leftmost" need).
     """
 
     def __init__(self, *, visual: VisualEncoder, language: LanguageEncoder, attention: TextualAttention | None,
                  fusion: CoEmbedding | ConcatConv, refiner: Refiner, folds: int = 1, reverse: bool = False,
-                 use_ltr: bool = True, first_step: str = "final-state", q_scale: float = 1.0):
+                 use_ltr: bool = True, first_step: str = "final-state", q_scale: float = 1.0,
+                 q_norm: str = "none"):
         super().__init__()
         if first_step not in ("final-state", "uniform"):
             raise ValueError(f"first_step={first_step!r}; choose 'final-state' or 'uniform'")
@@ -105,6 +110,9 @@ class STEPModel(nn.Module):
         if use_ltr and attention is None:
             raise ValueError("use_ltr=True needs a TextualAttention module")
         self.q_scale = q_scale
+        if q_norm not in ("none", "max"):
+            raise ValueError(f"q_norm={q_norm!r}; choose 'none' or 'max'")
+        self.q_norm = q_norm
 
     @staticmethod
     def level_order(folds: int, reverse: bool) -> tuple[int, ...]:
@@ -181,6 +189,9 @@ class STEPModel(nn.Module):
                 q = self.fusion.heatmap(phis[level], self.fusion.psi(level, s))  # (B, 1, h_l, w_l)
             else:
                 q = self.fusion(level, v, s)
+            if self.q_norm == "max":
+                peak = q.masked_fill(~pixel_masks[level].unsqueeze(1), 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+                q = q / (peak + 1e-6)
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
                 q = F.interpolate(q, size=refine_grid, mode="bilinear", align_corners=False)  # (B, 1, S/4, S/4)
