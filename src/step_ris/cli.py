@@ -85,9 +85,10 @@ def cmd_train(args) -> int:
     from .engine.train import train
 
     cfg = _config_for_run(args)
-    result = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    result = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+                   stop_after=args.stop_after)
     if "interrupted" in result:
-        return 130
+        return 0 if result["interrupted"] == "stop_after" else 130
     return 0
 
 
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics, TensorBoard logs")
     p.add_argument("--iters", type=int, help="training steps (train.iters)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--stop-after", type=int, help="save and exit after this many steps (continue with --resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -177,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .engine.train import TrainingError
+
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, OSError) as e:
+    except (ValueError, OSError, TrainingError) as e:
         if args.verbose or os.environ.get("STEP_RIS_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -112,8 +112,12 @@ def load_vectors_for(cfg: ExperimentConfig, vocab: Vocabulary):
 
 
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train STEP as ``cfg`` says; returns the last evaluation. See the module docstring."""
+          progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train STEP as ``cfg`` says; returns the last evaluation. See the module docstring.
+
+    ``stop_after``: save and return after this many steps of this invocation (as if interrupted;
+    continue with ``resume=True``), e.g. for jobs with a time limit.
+    """
     out = Path(out)
     rank, world = _distributed()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -220,6 +224,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                dynamic_ncols=True)
     try:
         model.train()
+        start_step = step
         next_eval_minutes = (math.floor(train_seconds / 60 / t.eval_every_minutes) + 1) * t.eval_every_minutes \
             if t.eval_every_minutes else math.inf
         tick = time.perf_counter()
@@ -269,6 +274,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                     tick = time.perf_counter()  # evaluation time is not training time
                 if step % t.checkpoint_every == 0:
                     save()
+            if stop_after is not None and step - start_step >= stop_after:
+                stop["signal"] = "stop_after"
             if t.max_minutes and train_seconds >= t.max_minutes * 60:
                 log.info("reached train.max_minutes=%g at step %d", t.max_minutes, step)
                 break

@@ -83,9 +83,13 @@ class LanguageEncoder(nn.Module):
             bad = (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty token sequence at batch index {bad}: every expression needs >= 1 word")
         embedded = self.words(tokens)  # (B, L, word_dim)
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
-        states, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # (B, L, D)
+        if bool((lengths == tokens.shape[1]).all()):
+            # No padding: packing changes nothing, and the plain call also exports to ONNX.
+            states, (h_n, _) = self.lstm(embedded)  # (B, L, D)
+        else:
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, (h_n, _) = self.lstm(packed)
+            states, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # (B, L, D)
         # h_n: (directions, B, hidden); forward final = state at the last word, backward final
         # = state at the first word.
         final = torch.cat(list(h_n), dim=-1)  # (B, D)

@@ -1,0 +1,242 @@
+"""Inference on one image: decode, letterbox, run STEP, map back, threshold.
+
+The predictor is not the model (docs/design.md): it owns everything around the network that
+a user should not have to repeat, and the CLI and the web demo call only it.
+
+    predictor = Predictor.from_pretrained("shapes-cpu")
+    pred = predictor.predict("scene.png", "the red circle left of the square")
+    pred.mask             # (H, W) bool at the image's original size
+    preds = predictor.predict("scene.png", ["the red circle", "the blue square"])  # image encoded once
+
+Expressions are tokenised like the training data (``text.tokenize``: lower case, accents folded
+to ASCII, words of ``[a-z0-9]``) and cut to the model's ``max_words`` (20) with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .data.transforms import letterbox_image, unletterbox
+from .model import STEPModel
+from .text import UNK_ID, Vocabulary, tokenize
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = 0.5  # the paper's (and the evaluator's) threshold on P
+
+
+@dataclass
+class Prediction:
+    """The result for one expression.
+
+    mask: (H, W) bool, ``probability >= threshold``, at the image's original size.
+    probability: (H, W) float32, sigmoid of the output logits (Eq. 10) mapped back to H x W.
+    steps: (T, h, w) float32, every refined map P_t (Eq. 9). To keep T maps of a large photo
+        small they are at the model's input resolution, not the original one: the image's
+        aspect ratio with its longer side = S (``h, w = data.transforms.valid_extent((H, W), S)``).
+    attention: (T, L) alpha_t of Eq. 1 over the L words used (a row of zeros where a step does
+        not use Eq. 1: step 1 when s_1 is the final biLSTM state, every step without LTR).
+    similarity: (T, L) cosine of s_t and h_j, the reading of the paper's Figure 4.
+    levels: the visual level (0 = F1) each step reads.
+    words: the tokens the model saw (after folding, lower-casing and truncation).
+    unknown_words: those of ``words`` outside the vocabulary (read as ``<unk>``).
+    truncated: True when the expression had more than ``max_words`` words.
+    """
+
+    expression: str
+    words: list[str]
+    mask: np.ndarray
+    probability: np.ndarray
+    steps: np.ndarray
+    attention: np.ndarray
+    similarity: np.ndarray
+    levels: tuple[int, ...] = ()
+    unknown_words: list[str] = field(default_factory=list)
+    truncated: bool = False
+    threshold: float = THRESHOLD
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the original image."""
+        return tuple(self.mask.shape)  # type: ignore[return-value]
+
+    @property
+    def score(self) -> float:
+        """Mean probability inside the mask (0.0 for an empty mask): the model's confidence."""
+        return float(self.probability[self.mask].mean()) if self.mask.any() else 0.0
+
+    @property
+    def area(self) -> float:
+        """Fraction of the image the mask covers."""
+        return float(self.mask.mean())
+
+    def summary(self) -> dict:
+        """A JSON-ready description without the arrays."""
+        return {"expression": self.expression, "words": self.words, "unknown_words": self.unknown_words,
+                "truncated": self.truncated, "height": self.size[0], "width": self.size[1],
+                "threshold": self.threshold, "score": round(self.score, 6), "area": round(self.area, 6)}
+
+
+@dataclass(frozen=True)
+class Query:
+    """An expression ready for the model (see ``Predictor.prepare``)."""
+
+    expression: str
+    words: list[str]
+    ids: list[int]
+    unknown_words: list[str]
+    truncated: bool
+
+
+class Predictor:
+    """Referring segmentation with a trained STEP model.
+
+    Args:
+        model: a ``STEPModel`` (put in eval mode here).
+        vocab: the vocabulary it was trained with.
+        image_size: S, the letterbox side the model was trained at.
+        max_words: words kept per expression (the paper: 20).
+        threshold: probability at which a pixel is in the mask.
+        device: where the model runs.
+        batch_size: expressions per forward pass when several share an image.
+        max_pixels: decompression-bomb limit for decoded images.
+    """
+
+    def __init__(self, model: STEPModel, vocab: Vocabulary, *, image_size: int, max_words: int = 20,
+                 threshold: float = THRESHOLD, device: str | torch.device = "cpu", batch_size: int = 8,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold={threshold} must be between 0 and 1 (exclusive); the paper uses 0.5")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vocab = vocab
+        self.image_size = image_size
+        self.max_words = max_words
+        self.threshold = float(threshold)
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.source = ""
+        self.scores: dict = {}
+        self.config = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu",
+                        **kwargs) -> Predictor:
+        """A predictor for a bundled model name, a model folder or a checkpoint (``pretrained.load_pretrained``).
+
+        Keyword arguments (``threshold``, ``batch_size``, ``max_pixels``) go to the constructor.
+        """
+        from .pretrained import load_pretrained
+
+        loaded = load_pretrained(name_or_path, device=device)
+        m = loaded.config.model
+        predictor = cls(loaded.model, loaded.vocab, image_size=m.image_size, max_words=m.max_words, device=device,
+                        **kwargs)
+        predictor.source, predictor.scores, predictor.config = loaded.source, loaded.scores, loaded.config
+        return predictor
+
+    # ------------------------------------------------------------------------- inputs
+
+    def prepare(self, expression: str) -> Query:
+        """Tokenise and check one expression; raises ``ValueError`` when it has nothing to read."""
+        if not isinstance(expression, str):
+            raise ValueError(f"expression must be a string, got {type(expression).__name__}")
+        if not expression.strip():
+            raise ValueError("the expression is empty; type what to segment, e.g. 'the red circle on the left'")
+        words = tokenize(expression)
+        if not words:
+            raise ValueError(
+                f"expression {expression!r} has no words the model can read (English letters a-z or digits, "
+                "accents are folded); type what to segment, e.g. 'the red circle on the left'")
+        truncated = len(words) > self.max_words
+        if truncated:
+            log.warning("expression %r has %d words; only the first %d are used", _short(expression), len(words),
+                        self.max_words)
+            words = words[: self.max_words]
+        ids = [self.vocab.stoi.get(w, UNK_ID) for w in words]
+        unknown = [w for w, i in zip(words, ids) if i == UNK_ID]
+        if len(unknown) == len(words):
+            log.warning("none of the words of %r is known to the model (%s); the mask is a guess",
+                        _short(expression), ", ".join(unknown))
+        elif unknown:
+            log.info("words unknown to the model, read as <unk>: %s", ", ".join(unknown))
+        return Query(expression=expression, words=words, ids=ids, unknown_words=unknown, truncated=truncated)
+
+    def load(self, image: ImageSource) -> np.ndarray:
+        """Decode ``image`` (path, bytes, PIL image or array) to (H, W, 3) uint8 RGB (``data.image_io``)."""
+        return load_image(image, max_pixels=self.max_pixels)
+
+    # ------------------------------------------------------------------------- inference
+
+    def predict(self, image: ImageSource, expression: str | Sequence[str]) -> Prediction | list[Prediction]:
+        """Segment what ``expression`` refers to in ``image``.
+
+        ``expression`` may be one string (returns a ``Prediction``) or a list of strings
+        (returns a list, in order): the image is decoded and encoded once and the expressions
+        run in batches of ``batch_size`` over the shared visual features.
+        """
+        single = isinstance(expression, str)
+        expressions = [expression] if single else list(expression) if isinstance(expression, Sequence) else None
+        if expressions is None:
+            raise ValueError(f"expression must be a string or a list of strings, got {type(expression).__name__}")
+        if not expressions:
+            raise ValueError("no expressions given; pass a string or a non-empty list of strings")
+        queries = []
+        for k, e in enumerate(expressions):
+            try:
+                queries.append(self.prepare(e))
+            except ValueError as err:
+                raise (err if single else ValueError(f"expression {k + 1} of {len(expressions)}: {err}")) from None
+        rgb = self.load(image)
+        predictions = self._run(rgb, queries)
+        return predictions[0] if single else predictions
+
+    def _run(self, rgb: np.ndarray, queries: list[Query]) -> list[Prediction]:
+        H, W = rgb.shape[:2]
+        size = self.image_size
+        tensor, (h, w) = letterbox_image(rgb, size)  # (3, S, S), valid extent
+        out: list[Prediction] = []
+        with torch.inference_mode():
+            features = self.model.encode_image(tensor.unsqueeze(0).to(self.device))  # 5 x (1, C_l + 8, h_l, w_l)
+            for start in range(0, len(queries), self.batch_size):
+                chunk = queries[start: start + self.batch_size]
+                length = max(len(q.ids) for q in chunk)
+                tokens = torch.zeros(len(chunk), length, dtype=torch.int64)  # (B, L), 0 = padding
+                for row, q in enumerate(chunk):
+                    tokens[row, : len(q.ids)] = torch.tensor(q.ids)
+                valid = torch.tensor([[h, w]], dtype=torch.int64).expand(len(chunk), 2)  # (B, 2)
+                result = self.model(None, tokens.to(self.device), valid.to(self.device), features=features,
+                                    return_intermediates=True)
+                probs = torch.sigmoid(result.logits.float())[:, 0].cpu()  # (B, S, S)
+                prob = unletterbox(probs, (h, w), (H, W)).clamp_(0, 1).numpy()  # (B, H, W)
+                steps = F.interpolate(result.step_logits.float(), size=(size, size), mode="bilinear",
+                                      align_corners=False)  # (B, T, S, S), as Eq. 10 upsamples P_T
+                steps = torch.sigmoid(steps[:, :, :h, :w]).cpu().numpy()  # (B, T, h, w)
+                attention = result.attention.float().cpu().numpy()  # (B, T, L)
+                similarity = result.similarity.float().cpu().numpy()  # (B, T, L)
+                for row, q in enumerate(chunk):
+                    n = len(q.ids)
+                    p = np.ascontiguousarray(prob[row], dtype=np.float32)
+                    out.append(Prediction(
+                        expression=q.expression, words=list(q.words), mask=p >= self.threshold, probability=p,
+                        steps=np.ascontiguousarray(steps[row]), attention=attention[row, :, :n].copy(),
+                        similarity=similarity[row, :, :n].copy(), levels=tuple(result.levels),
+                        unknown_words=list(q.unknown_words), truncated=q.truncated, threshold=self.threshold))
+        return out
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+__all__ = ["Prediction", "Predictor", "Query", "THRESHOLD"]

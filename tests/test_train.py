@@ -1,0 +1,185 @@
+"""The training engine and the train/eval commands, end to end on a tiny generated ShapesRef."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from step_ris.cli import main
+from step_ris.config import apply_overrides, get_preset
+from step_ris.data.shapesref import generate_shapesref
+from step_ris.engine import train as train_module
+from step_ris.engine.checkpoint import load_checkpoint
+from step_ris.engine.schedule import poly_lr
+from step_ris.engine.train import StepBatchSampler, TrainingError, train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "sr"
+    generate_shapesref(root, images=24, seed=5, size=64, progress=False)
+    return root
+
+
+def tiny(root, *overrides):
+    return apply_overrides(get_preset("tiny"), [f"data.root={root}", "train.threads=1", *overrides])
+
+
+def test_poly_schedule_is_pure():
+    assert poly_lr(0, base_lr=1.0, max_steps=10) == 1.0
+    assert poly_lr(5, base_lr=1.0, max_steps=10) == pytest.approx(0.5 ** 0.9)
+    assert poly_lr(10, base_lr=1.0, max_steps=10) == 0.0
+    assert poly_lr(0, base_lr=1.0, max_steps=10, warmup=4) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        poly_lr(-1, base_lr=1.0, max_steps=10)
+
+
+def test_batch_sampler_is_a_function_of_the_step():
+    full = list(StepBatchSampler(10, 4, 0, 6, seed=1))
+    resumed = list(StepBatchSampler(10, 4, 3, 6, seed=1))
+    assert full[3:] == resumed
+    epoch0 = [i for b in full[:5] for i in b][:10]
+    assert sorted(epoch0) == list(range(10))  # each epoch is a permutation
+    ranks = [list(StepBatchSampler(10, 2, 0, 3, seed=1, world=2, rank=r)) for r in range(2)]
+    single = list(StepBatchSampler(10, 4, 0, 3, seed=1))
+    assert [a + b for a, b in zip(*ranks, strict=True)] == single  # ranks split the global batch
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_resumed_run_ends_where_an_uninterrupted_one_would(shapes, tmp_path, frozen):
+    extra = ["model.freeze_backbone=true"] if frozen else []
+    cfg = tiny(shapes, "train.iters=6", "train.checkpoint_every=100", *extra)
+    train(cfg, tmp_path / "straight", progress=False)
+    first = train(cfg, tmp_path / "split", progress=False, stop_after=3)
+    assert first == {"interrupted": "stop_after", "step": 3}
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 3
+    train(cfg, tmp_path / "split", progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
+    assert a["history"][-1]["oIoU"] == pytest.approx(b["history"][-1]["oIoU"], abs=1e-6)
+
+
+def test_run_folder_contents_and_eval_json(shapes, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(out), "--iters", "4",
+                 "--set", "train.eval_every=2", "--set", "train.threads=1", "--quiet"]) == 0
+    assert {"config.json", "vocab.json", "last.pt", "metrics.jsonl", "tb"} <= {p.name for p in out.iterdir()}
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert set(lines[0]["references"]) == {"all objects", "largest object", "random object"}
+    assert not list(out.glob(".*.tmp"))  # no temporary files left
+    result = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--dataset", "shapesref", "--root", str(shapes),
+                 "--split", "testB", "--json", str(result), "--quiet"]) == 0
+    r = json.loads(result.read_text())
+    for key in ("oIoU", "mIoU", "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9", "n", "by_family",
+                "references", "config", "checkpoint"):
+        assert key in r, key
+    assert set(r["by_family"]) <= {"relational", "ordinal", "comparative"}  # testB's families
+    assert r["checkpoint"]["step"] == 4 and len(r["checkpoint"]["sha256"]) == 64
+
+
+def test_nan_loss_stops_with_a_message(shapes, tmp_path, monkeypatch):
+    real = train_module.segmentation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            parts["loss"] = float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 2"):
+        train(tiny(shapes, "train.iters=10", "train.checkpoint_every=1"), tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2  # the last good state
+
+
+def test_sigterm_saves_and_exits_cleanly(shapes, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "step_ris.cli", "train", "--preset", "tiny", "--root", str(shapes),
+                             "--out", str(out), "--iters", "100000", "--set", "train.threads=1",
+                             "--set", "train.checkpoint_every=100000", "--quiet"],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while not (out / "tb").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "SIGTERM: saved" in output
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] > 0
+    assert main(["train", "--out", str(out), "--resume", "--iters", str(ckpt["step"] + 2), "--quiet"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == ckpt["step"] + 2
+
+
+def test_bad_input_is_refused_clearly(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(out), "--iters", "1", "--quiet"])
+    # an existing run is not overwritten
+    assert main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(out), "--iters", "1"]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    # a missing dataset folder names the expected file
+    assert main(["train", "--preset", "tiny", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]) == 2
+    assert "data root not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--preset", "tiny", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "r3")]) == 2
+    assert "shapesref/refs(unc).p" in capsys.readouterr().err
+    assert not (tmp_path / "r3" / "config.json").exists()
+    # unknown dataset / split
+    assert main(["eval", "--checkpoint", str(out), "--dataset", "imagenet", "--root", str(shapes),
+                 "--split", "val"]) == 2
+    assert "imagenet" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out), "--dataset", "shapesref", "--root", str(shapes),
+                 "--split", "test"]) == 2
+    assert "testA" in capsys.readouterr().err
+    # a resume with another model config
+    assert main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(out), "--resume",
+                 "--set", "model.folds=2"]) == 2
+    assert "another model/data config" in capsys.readouterr().err
+    # a corrupt checkpoint
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["eval", "--checkpoint", str(bad), "--dataset", "shapesref", "--root", str(shapes),
+                 "--split", "val"]) == 2
+    assert "not a readable step-ris checkpoint" in capsys.readouterr().err
+    # an unwritable output folder
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        assert main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(ro / "x")]) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--preset", "tiny", "--root", str(shapes), "--out", str(blocker / "run")]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_torchrun_two_cpu_processes(shapes, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "step_ris.cli", "train",
+                           "--preset", "tiny", "--root", str(shapes), "--out", str(out), "--iters", "3",
+                           "--set", "train.threads=1", "--quiet"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] == 3
+    assert ckpt["history"][-1]["samples"] == 3 * 2 * 2  # 3 steps x batch 2 x 2 processes
