@@ -30,6 +30,7 @@ VARIANTS = {
     "literal-norm": {"embed_norm": "none"},
     "per-level-psi": {"shared_text_embedding": False},
     "q-max-norm": {"q_norm": "max"},
+    "q-leak": {"q_leak": 0.1},
     "pretrained-words": {"word_vectors": "glove-6b-50d"},
 }
 

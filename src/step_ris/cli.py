@@ -102,7 +102,7 @@ def cmd_eval(args) -> int:
     dataset = ReferDataset(args.root, args.dataset, args.split, vocab, cfg.model.image_size,
                            max_words=cfg.model.max_words, blank_language=cfg.data.blank_language)
     result = evaluate(model, dataset, batch_size=args.batch_size, device=args.device or "cpu", limit=args.limit,
-                      progress=not args.quiet)
+                      progress=not args.quiet, crf=args.crf)
     result["checkpoint"] = identity
     result["config"] = cfg.to_dict()
     print(format_results(result))
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--limit", type=int, default=0, help="score a seeded subset of this many samples (0 = all)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crf", action="store_true",
+                   help="DenseCRF post-processing at the original resolution (as the '+DCRF' baselines of "
+                        "Table 2; needs pip install 'step-ris[crf]')")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
@@ -172,6 +175,185 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _EXTRA_COMMANDS: list = []
+
+
+# ----------------------------------------------------------------------------- inference: predict, demo, export
+
+_IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".jpg": "JPEG",
+                  ".jpeg": "JPEG"}
+_LOSSY = (".jpg", ".jpeg")
+
+
+def _check_output(path: str | None, flag: str, inputs: list[Path]) -> Path | None:
+    """An output image path: known format (lossless for masks), existing folder, not an input file."""
+    if path is None:
+        return None
+    out = Path(path)
+    allowed = [s for s in _IMAGE_FORMATS if flag != "--out" or s not in _LOSSY]
+    if out.suffix.lower() not in allowed:
+        raise ValueError(f"{flag} {out}: unsupported extension {out.suffix or '(none)'!r}; use one of "
+                         f"{', '.join(sorted(allowed))}" + (" (a mask must not be saved lossy)" if flag == "--out"
+                                                            else ""))
+    if out.is_dir():
+        raise ValueError(f"{flag} {out} is a folder; give a file name, e.g. {out / 'mask.png'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"{flag} {out}: the folder {out.parent} does not exist")
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise ValueError(f"{flag} {out} is the input image; choose another output file")
+    return out
+
+
+def _image_bytes(image, path: Path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(image) if not isinstance(image, Image.Image) else image
+    buf = io.BytesIO()
+    img.save(buf, format=_IMAGE_FORMATS[path.suffix.lower()], **({"lossless": True} if path.suffix.lower() == ".webp"
+                                                                  else {}))
+    return buf.getvalue()
+
+
+def cmd_predict(args) -> int:
+    from .predictor import Predictor, expression_words, predict_jsonl, write_files_atomically
+
+    if args.batch:
+        stray = [f for f, v in (("IMAGE", args.image), ("--out", args.out), ("--overlay", args.overlay),
+                                ("--explain", args.explain)) if v]
+        if stray:
+            raise ValueError(f"--batch takes its images and expressions from the JSONL file; drop {', '.join(stray)}")
+        if not args.out_dir:
+            raise ValueError("--batch needs --out-dir DIR (where the masks and results.jsonl go)")
+        if not Path(args.batch).is_file():
+            raise ValueError(f"--batch {args.batch}: file not found")
+        predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+        summary = predict_jsonl(predictor, args.batch, args.out_dir, args.results, progress=not args.quiet)
+        print(json.dumps(summary, indent=2))
+        if summary["failed"]:
+            print(f"error: {summary['failed']} of {summary['total']} lines failed; see the 'error' field in "
+                  f"{summary['results']}", file=sys.stderr)
+            return 1
+        return 0
+
+    if args.image is None or args.expression is None:
+        raise ValueError('give an image and an expression (step-ris predict IMAGE "the red circle"), '
+                         "or --batch pairs.jsonl --out-dir DIR")
+    if args.out_dir or args.results:
+        raise ValueError("--out-dir and --results belong to --batch mode; use --out for one image")
+    expression_words(args.expression)  # fail before loading the model
+    image = Path(args.image)
+    if not image.is_file():
+        raise ValueError(f"{image}: image file not found")
+    outputs = {flag: _check_output(value, flag, [image]) for flag, value in
+               (("--out", args.out), ("--overlay", args.overlay), ("--explain", args.explain))}
+    paths = [p for p in outputs.values() if p is not None]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ValueError("--out, --overlay and --explain must be different files")
+    if outputs["--explain"] is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--explain draws with matplotlib: pip install matplotlib") from None
+
+    predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+    rgb = predictor.load(image)
+    prediction = predictor.predict(rgb, args.expression)
+
+    from .visualize import explain_figure, mask_image, overlay
+
+    files: dict[Path, bytes] = {}
+    if outputs["--out"] is not None:
+        files[outputs["--out"]] = _image_bytes(mask_image(prediction.mask), outputs["--out"])
+    if outputs["--overlay"] is not None:
+        files[outputs["--overlay"]] = _image_bytes(overlay(rgb, prediction.mask), outputs["--overlay"])
+    if outputs["--explain"] is not None:
+        figure = explain_figure(prediction, rgb, view=args.view)
+        files[outputs["--explain"]] = _image_bytes(figure, outputs["--explain"])
+    write_files_atomically(files)
+    print(json.dumps({**prediction.summary(), "image": str(image), "model": predictor.source,
+                      "files": {flag.lstrip("-"): str(p) for flag, p in outputs.items() if p is not None}},
+                     ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import serve
+
+    serve(model=args.model, host=args.host, port=args.port, examples=args.examples, device=args.device)
+    return 0
+
+
+def cmd_export(args) -> int:
+    if args.format == "onnx":
+        from .export import export_pretrained_onnx
+
+        if args.scores or args.overwrite:
+            raise ValueError("--scores and --overwrite belong to --format folder")
+        out = export_pretrained_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    else:
+        from .pretrained import export_pretrained
+
+        scores = None
+        if args.scores:
+            path = Path(args.scores)
+            if not path.is_file():
+                raise ValueError(f"--scores {path}: file not found")
+            try:
+                scores = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--scores {path}: not valid JSON ({e})") from None
+            if isinstance(scores, dict):
+                scores.pop("config", None)  # already in config.json
+        out = export_pretrained(args.model, args.out, scores, overwrite=args.overwrite)
+    print(json.dumps({"format": args.format, "out": str(out)}))
+    return 0
+
+
+def _register_inference_commands(sub) -> None:
+    p = sub.add_parser("predict", help="segment what an expression refers to in an image (or a JSONL batch)",
+                       description='One image: step-ris predict IMAGE "the red circle" --out mask.png. '
+                                   "Batch: step-ris predict --batch pairs.jsonl --out-dir DIR (lines "
+                                   '{"image": PATH, "expression": TEXT, "id": OPTIONAL}; resumable).')
+    p.add_argument("image", nargs="?", help="image file (PNG, JPEG, ...)")
+    p.add_argument("expression", nargs="?", help="English referring expression, e.g. 'the red circle on the left'")
+    p.add_argument("--model", default="shapes-cpu",
+                   help="bundled model name, model folder, run folder or .pt checkpoint (default shapes-cpu)")
+    p.add_argument("--out", help="write the mask here (PNG, 0/255, the image's size)")
+    p.add_argument("--overlay", help="write the image with the mask drawn over it here")
+    p.add_argument("--explain", help="write the Figure-4 view (word attention + per-step maps P_t) here")
+    p.add_argument("--view", choices=("attention", "similarity"), default="attention",
+                   help="matrix in --explain: alpha of Eq. 1 (default) or cosine of s_t and h_j")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
+    p.add_argument("--batch", metavar="PAIRS.jsonl", help="predict every line of this JSONL file")
+    p.add_argument("--out-dir", help="--batch: folder for the masks (and results.jsonl)")
+    p.add_argument("--results", help="--batch: results file (default OUT_DIR/results.jsonl); ids in it are skipped")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="web demo: upload or pick an image, type an expression, see the mask")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--model", default="shapes-cpu", help="bundled model name, model folder or checkpoint")
+    p.add_argument("--examples", help="folder of example images (default: the bundled examples)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="export a model: ONNX file, or a shipped model folder from a checkpoint")
+    p.add_argument("--format", choices=("onnx", "folder"), required=True,
+                   help="onnx: one ONNX file (batch 1, fixed S, any number of words); folder: model.safetensors, "
+                        "config.json, vocab.json, scores.json from a training checkpoint")
+    p.add_argument("--model", default="shapes-cpu", help="bundled model name, model folder, run folder or .pt")
+    p.add_argument("--out", required=True, help="the .onnx file, or the model folder to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, the first with LayerNorm)")
+    p.add_argument("--no-check", action="store_true", help="onnx: skip the onnxruntime-vs-PyTorch check")
+    p.add_argument("--scores", help="folder: JSON file of measured metrics (e.g. step-ris eval --json output)")
+    p.add_argument("--overwrite", action="store_true", help="folder: replace an existing non-empty --out")
+    p.set_defaults(func=cmd_export)
+
+
+_EXTRA_COMMANDS.append(_register_inference_commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, TrainingError) as e:
+    except (ValueError, OSError, ImportError, TrainingError) as e:
         if args.verbose or os.environ.get("STEP_RIS_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -23,7 +23,6 @@ Cell = Literal["convlstm", "convgru", "conv1x1"]
 Fusion = Literal["step", "concat-conv"]
 Norm = Literal["none", "layer"]
 FirstStep = Literal["final-state", "uniform"]
-WordVectors = Literal["learned", "glove-6b-50d"]
 Encoder = Literal["bilstm", "lstm"]
 QNorm = Literal["none", "max"]
 
@@ -56,6 +55,7 @@ class ModelConfig:
     embed_norm: Norm = "none"  # "layer": per-sample normalisation of the pre-activations (spec 5)
     shared_text_embedding: bool = True  # one psi for all levels
     q_scale: float = 1.0  # Q_t multiplied by this before the refiner (1 = literal Eq. 4)
+    q_leak: float = 0.0  # slope of Eq. 4's max(0, .) below 0 (0 = literal ReLU; > 0 keeps gradients alive)
     q_norm: QNorm = "none"  # "max": Q_t divided by its maximum over the image's valid cells first
     # Top-down refinement, Eqs. 5-9
     cell: Cell = "convlstm"

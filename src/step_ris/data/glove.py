@@ -228,6 +228,7 @@ class _Open:
 
     def __init__(self, path: Path):
         self.path = path
+        self.name = str(path)
         self._closers: list = []
 
     def __enter__(self) -> BinaryIO:
@@ -263,20 +264,21 @@ def _zip_member(zf: zipfile.ZipFile, path: Path) -> str:
                      "unzip it and point model.word_vectors at the .txt file")
 
 
-def _lines(stream: BinaryIO) -> Iterator[bytes]:
-    for line in stream:
+def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, line without its end-of-line and trailing spaces); blank lines skipped."""
+    for number, line in enumerate(stream, start=1):
         line = line.rstrip(b"\r\n")
         if line.endswith(b" "):
             line = line.rstrip(b" ")
         if line:
-            yield line
+            yield number, line
 
 
 def _file_dim(path: Path) -> int:
     """Vector size of a GloVe file: the most common count of numeric fields in its first lines."""
     counts: dict[int, int] = {}
     with _Open(path) as stream:
-        for n, line in enumerate(_lines(stream)):
+        for n, (_, line) in enumerate(_lines(stream)):
             if n >= _DIM_PROBE_LINES:
                 break
             fields = line.split(b" ")
@@ -307,10 +309,10 @@ def _from_text_file(path: Path, vocab: Vocabulary, dim: int) -> tuple[torch.Tens
     stoi = vocab.stoi
     lines = malformed = 0
     malformed_examples: list[int] = []
-    with _Open(path) as stream:
-        log.info("reading word vectors from %s (once; the result is cached)", stream.name if hasattr(stream, "name")
-                 else path)
-        for number, line in enumerate(_lines(stream), start=1):
+    opener = _Open(path)
+    with opener as stream:
+        log.info("reading word vectors from %s for %d words", opener.name, len(vocab) - 2)
+        for number, line in _lines(stream):
             lines += 1
             spaces = line.count(b" ")
             if spaces < dim:
@@ -322,7 +324,8 @@ def _from_text_file(path: Path, vocab: Vocabulary, dim: int) -> tuple[torch.Tens
             if spaces == dim:
                 raw_word, _, rest = line.partition(b" ")
             else:  # a word containing spaces: the vector is the last dim fields
-                raw_word, rest = line.rsplit(b" ", dim)[0], line.split(b" ", spaces - dim + 1)[-1]
+                raw_word = line.rsplit(b" ", dim)[0]
+                rest = line[len(raw_word) + 1:]
             word = raw_word.decode("utf-8", errors="replace")
             vocab_id = stoi.get(word)
             is_exact = vocab_id is not None
@@ -388,6 +391,7 @@ def _write_cache(path: Path, vectors: torch.Tensor, known: torch.Tensor, source:
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save({"format": CACHE_FORMAT, "source": source, "vectors": vectors, "known": known}, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; the data root may be shared
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

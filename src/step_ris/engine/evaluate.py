@@ -4,6 +4,9 @@ Each prediction is cropped to its valid extent, resized bilinearly to the image'
 thresholded at 0.5 and compared with the original mask. Beside the model, three non-learned
 references are scored on the same samples, so a reader sees at once whether the model reads:
 the union of all annotated objects of the image, the largest object, and a random object.
+
+``crf=True`` refines each probability map at the original resolution with a DenseCRF
+(``engine.crf``, the "+DCRF" post-processing of the baselines in Table 2) before thresholding.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data.dataset import ReferDataset, collate
+from ..data.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..data.transforms import unletterbox
 from ..model import STEPModel
 from .features import CachedSamples, FeatureCache, collate_cached
@@ -52,10 +56,15 @@ class ReferenceMasks:
         if image_id not in self._cache:
             ann_ids = sorted(self.by_image[image_id])
             masks = [self.data.mask(a).astype(bool) for a in ann_ids]
+            if not masks:  # only crowd regions annotated: every reference predicts nothing
+                info = self.data.image_info(image_id)
+                masks = [np.zeros((int(info["height"]), int(info["width"])), dtype=bool)]
             union = np.logical_or.reduce(masks)
             largest = masks[int(np.argmax([m.sum() for m in masks]))]
             self._cache = {image_id: (union, largest, ann_ids)}  # one image at a time (samples are grouped)
         union, largest, ann_ids = self._cache[image_id]
+        if not ann_ids:
+            return {"all objects": union, "largest object": largest, "random object": largest}
         pick = np.random.default_rng((self.seed, index)).integers(len(ann_ids))
         return {"all objects": union, "largest object": largest,
                 "random object": self.data.mask(ann_ids[int(pick)]).astype(bool)}
@@ -64,12 +73,21 @@ class ReferenceMasks:
 @torch.no_grad()
 def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, device: str | torch.device = "cpu",
              limit: int = 0, seed: int = 0, cache: FeatureCache | None = None, references: bool = True,
-             amp: bool = False, progress: bool = True) -> dict[str, Any]:
+             amp: bool = False, progress: bool = True, crf: bool = False) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` (or a seeded subset of ``limit`` samples).
 
+    ``crf=True``: DenseCRF post-processing (``engine.crf.dense_crf`` with its default parameters)
+    of each probability map at the original resolution, on the original photo; needs pydensecrf2.
+
     Returns the metrics of ``SegmentationMeter.summary()`` (oIoU, mIoU, prec@X, n, by_family)
-    with ``references`` (the same metrics for each non-learned reference) and ``split``.
+    with ``references`` (the same metrics for each non-learned reference) and ``split``; with
+    ``crf=True`` also ``crf`` (the CRF parameters used).
     """
+    if crf:
+        from .crf import DEFAULT_PARAMS, dense_crf, require_densecrf
+
+        require_densecrf()  # a missing package fails before any work
+        photos = _OriginalImages(dataset)
     was_training = model.training
     model.eval()
     indices = subset_indices(len(dataset), limit, seed)
@@ -95,9 +113,11 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
         probs = torch.sigmoid(out.logits.float())[:, 0].cpu()  # (B, S, S)
         for k, index in enumerate(batch["index"].tolist()):
             target = dataset.original_mask(index).astype(bool)
-            prob = unletterbox(probs[k], batch["valid_hw"][k], target.shape)  # (H, W)
+            prob = unletterbox(probs[k], batch["valid_hw"][k], target.shape).numpy()  # (H, W)
+            if crf:
+                prob = dense_crf(photos(index, target.shape), prob)  # (H, W)
             family = batch["family"][k]
-            meter.update(prob.numpy() >= THRESHOLD, target, family)
+            meter.update(prob >= THRESHOLD, target, family)
             if refs is not None:
                 for name, pred in refs(dataset.meta(index)["image_id"], index).items():
                     ref_meters[name].update(pred, target, family)
@@ -106,7 +126,31 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
     result["split"] = f"{dataset.dataset_name}:{dataset.split}"
     if references:
         result["references"] = {name: m.summary() for name, m in ref_meters.items()}
+    if crf:
+        result["crf"] = dict(DEFAULT_PARAMS)
     return result
+
+
+class _OriginalImages:
+    """The original photo of a sample, decoded as ``ReferDataset`` does (one image kept: samples are grouped)."""
+
+    def __init__(self, dataset: ReferDataset):
+        self.dataset = dataset
+        self._path = None
+        self._image: np.ndarray | None = None
+
+    def __call__(self, index: int, hw: tuple[int, ...]) -> np.ndarray:
+        path = self.dataset.image_path(index)
+        if path != self._path:
+            max_pixels = getattr(self.dataset, "max_pixels", DEFAULT_MAX_PIXELS)
+            image = load_image(path, max_pixels=max_pixels, apply_exif=False)  # the annotations' grid
+            if image.shape[:2] != tuple(hw):
+                image = load_image(path, max_pixels=max_pixels, apply_exif=True)
+            self._path, self._image = path, image
+        if self._image.shape[:2] != tuple(hw):
+            raise ValueError(f"{path}: image is {self._image.shape[1]}x{self._image.shape[0]} pixels but its mask "
+                             f"is {hw[1]}x{hw[0]}; the image file does not belong to the annotations")
+        return self._image
 
 
 def format_results(result: dict[str, Any]) -> str:

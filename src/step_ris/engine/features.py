@@ -69,8 +69,12 @@ class FeatureCache:
         mb = sum(t.numel() * 2 for t in self.levels) / 2**20
         log.info("cached backbone features of %d images (%.0f MB)", len(samples), mb)
         if cache_file is not None:
-            atomic_save({"image_ids": list(first_sample), "valid_hw": self.valid_hw, "levels": self.levels},
-                        cache_file)
+            try:
+                atomic_save({"image_ids": list(first_sample), "valid_hw": self.valid_hw, "levels": self.levels},
+                            cache_file)
+            except OSError as e:  # a read-only data folder: train on without the disk copy
+                log.warning("could not keep the feature cache at %s (%s); it will be recomputed next time",
+                            cache_file, e.strerror or e)
 
     def _load(self, path: Path, image_ids: list[int]) -> bool:
         """Reuse features saved by an earlier run when they cover exactly these images."""

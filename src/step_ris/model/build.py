@@ -59,7 +59,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
     refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps)
     return STEPModel(visual=visual, language=language, attention=attention, fusion=fusion, refiner=refiner,
                      folds=cfg.folds, reverse=cfg.reverse, use_ltr=cfg.use_ltr, first_step=cfg.first_step,
-                     q_scale=cfg.q_scale, q_norm=cfg.q_norm)
+                     q_scale=cfg.q_scale, q_norm=cfg.q_norm, q_leak=cfg.q_leak)
 
 
 def count_parameters(model: STEPModel) -> dict[str, dict[str, int]]:

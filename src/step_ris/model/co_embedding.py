@@ -67,9 +67,16 @@ class CoEmbedding(nn.Module):
         return F.normalize(torch.tanh(self.text_norm[k](self.text[k](s))), dim=1)
 
     @staticmethod
-    def heatmap(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, 1, h, w) in [0, 1]."""
-        return torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).clamp_min(0).unsqueeze(1)
+    def heatmap(phi: torch.Tensor, psi: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
+        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, 1, h, w) in [0, 1].
+
+        ``leak`` > 0 replaces max(0, c) by a leaky ReLU (c for c > 0, leak * c below): with the
+        literal ReLU, a sentence whose psi falls on the negative side of every pixel gets no
+        gradient and Q_t stays 0 for good (measured: steps 2..T died in the first minutes of
+        training a small STEP on ShapesRef, and the model settled at predicting the prior).
+        """
+        cos = torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
+        return cos.clamp_min(0) if leak == 0 else F.leaky_relu(cos, leak)
 
 
 class ConcatConv(nn.Module):

@@ -86,6 +86,7 @@ class STEPModel(nn.Module):
         use_ltr: False for the "no LTR" ablation.
         first_step: "final-state" (s_1 = final biLSTM state) or "uniform" (P_0 uniform).
         q_scale: factor on Q_t before the refiner (1 = literal).
+        q_leak: negative slope of Eq. 4's max(0, .) (0 = literal; see CoEmbedding.heatmap).
         q_norm: "none" (literal) or "max": divide Q_t by its maximum over the valid cells, so the
             best-matching region of every image reaches 1 whatever the absolute similarity (a
             global normalisation the paper does not have; it lets the refiner pick "the most
@@ -95,7 +96,7 @@ class STEPModel(nn.Module):
     def __init__(self, *, visual: VisualEncoder, language: LanguageEncoder, attention: TextualAttention | None,
                  fusion: CoEmbedding | ConcatConv, refiner: Refiner, folds: int = 1, reverse: bool = False,
                  use_ltr: bool = True, first_step: str = "final-state", q_scale: float = 1.0,
-                 q_norm: str = "none"):
+                 q_norm: str = "none", q_leak: float = 0.0):
         super().__init__()
         if first_step not in ("final-state", "uniform"):
             raise ValueError(f"first_step={first_step!r}; choose 'final-state' or 'uniform'")
@@ -113,6 +114,7 @@ class STEPModel(nn.Module):
         if q_norm not in ("none", "max"):
             raise ValueError(f"q_norm={q_norm!r}; choose 'none' or 'max'")
         self.q_norm = q_norm
+        self.q_leak = q_leak
 
     @staticmethod
     def level_order(folds: int, reverse: bool) -> tuple[int, ...]:
@@ -156,6 +158,7 @@ class STEPModel(nn.Module):
         batch = tokens.shape[0]
         if features[0].shape[0] not in (1, batch):
             raise ValueError(f"features have batch {features[0].shape[0]} but tokens have batch {batch}")
+        shared = features  # batch B, or 1 for one image under B expressions: image-only maps are computed once
         features = [f.expand(batch, -1, -1, -1) for f in features]
         grids = [tuple(f.shape[-2:]) for f in features]
         refine_grid = grids[0]  # stride 4: S/4 x S/4
@@ -179,19 +182,19 @@ class STEPModel(nn.Module):
                 alpha = text.final.new_zeros(batch, tokens.shape[1])
             else:
                 if level not in word_attn:
-                    word_attn[level] = self.attention.word_attention(level, v, text.states, text.mask)
+                    word_attn[level] = self.attention.word_attention(level, shared[level], text.states, text.mask)
                 weights = self.attention.pixel_weights(prev, pixel_masks[level])  # (B, N)
                 s, alpha = self.attention.attend(word_attn[level], weights, text.states)
             # Eqs. 2-4: the STEP heatmap Q_t on the level's grid
             if isinstance(self.fusion, CoEmbedding):
                 if level not in phis:
-                    phis[level] = self.fusion.phi(level, v)
-                q = self.fusion.heatmap(phis[level], self.fusion.psi(level, s))  # (B, 1, h_l, w_l)
+                    phis[level] = self.fusion.phi(level, shared[level]).expand(batch, -1, -1, -1)
+                q = self.fusion.heatmap(phis[level], self.fusion.psi(level, s), self.q_leak)  # (B, 1, h_l, w_l)
             else:
                 q = self.fusion(level, v, s)
             if self.q_norm == "max":
                 peak = q.masked_fill(~pixel_masks[level].unsqueeze(1), 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-                q = q / (peak + 1e-6)
+                q = q / peak.clamp_min(1e-6)
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
                 q = F.interpolate(q, size=refine_grid, mode="bilinear", align_corners=False)  # (B, 1, S/4, S/4)
