@@ -197,3 +197,15 @@ def test_conv1x1_refiner_final_map_stacks_all_heatmaps():
     w, b = ref.stack.weight[0, :, 0, 0], ref.stack.bias[0]
     expected = sum(w[t] * qs[t] for t in range(5)) + b
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_eq4_leaky_switch_keeps_negative_side_small_and_differentiable():
+    phi = torch.nn.functional.normalize(torch.randn(1, 4, 3, 3), dim=1).requires_grad_()
+    psi = torch.nn.functional.normalize(torch.randn(1, 4), dim=1)
+    cos = torch.einsum("bchw,bc->bhw", phi, psi).unsqueeze(1)
+    literal = CoEmbedding.heatmap(phi, psi)
+    leaky = CoEmbedding.heatmap(phi, psi, leak=0.1)
+    assert torch.allclose(literal, cos.clamp_min(0))
+    assert torch.allclose(leaky, torch.where(cos > 0, cos, 0.1 * cos))
+    leaky.sum().backward()
+    assert (phi.grad.abs().sum(1) > 0).all()  # every pixel gets a gradient, negative ones too
