@@ -6,6 +6,8 @@ with random weights: saved as a training checkpoint, then exported as a model fo
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -32,3 +34,21 @@ def make_tiny(root: Path) -> dict[str, Path]:
     images = sorted((root / "sr" / "images" / "shapesref").glob("*.png"))
     return {"root": root, "checkpoint": checkpoint, "model": folder, "images": images[0].parent,
             "image": images[0]}
+
+
+def shared_tiny(tmp_path_factory) -> dict[str, Path]:
+    """``make_tiny`` once per test session (every module reuses it; tests must not modify it)."""
+    root = tmp_path_factory.getbasetemp() / "tiny-step-model"
+    if not (root / "model" / "model.safetensors").is_file():
+        make_tiny(root)
+    images = sorted((root / "sr" / "images" / "shapesref").glob("*.png"))
+    return {"root": root, "checkpoint": root / "last.pt", "model": root / "model", "images": images[0].parent,
+            "image": images[0]}
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels (no real pixel data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")

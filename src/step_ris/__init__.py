@@ -2,12 +2,15 @@
 
 from .config import ExperimentConfig, apply_overrides, get_preset, preset_names
 from .model import STEPModel, STEPOutput, build_model
+from .predictor import Prediction, Predictor
 from .text import Vocabulary, tokenize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ExperimentConfig",
+    "Prediction",
+    "Predictor",
     "STEPModel",
     "STEPOutput",
     "Vocabulary",

@@ -14,19 +14,28 @@ to ASCII, words of ``[a-z0-9]``) and cut to the model's ``max_words`` (20) with 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
 from .data.image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .data.transforms import letterbox_image, unletterbox
 from .model import STEPModel
 from .text import UNK_ID, Vocabulary, tokenize
+from .visualize import mask_image
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ class Prediction:
     similarity: (T, L) cosine of s_t and h_j, the reading of the paper's Figure 4.
     levels: the visual level (0 = F1) each step reads.
     words: the tokens the model saw (after folding, lower-casing and truncation).
-    unknown_words: those of ``words`` outside the vocabulary (read as ``<unk>``).
+    unknown_words: the distinct words of ``words`` outside the vocabulary (read as ``<unk>``).
     truncated: True when the expression had more than ``max_words`` words.
     """
 
@@ -96,6 +105,20 @@ class Query:
     truncated: bool
 
 
+def expression_words(expression: str) -> list[str]:
+    """The tokens of ``expression`` (``text.tokenize``); ``ValueError`` when there are none."""
+    if not isinstance(expression, str):
+        raise ValueError(f"expression must be a string, got {type(expression).__name__}")
+    if not expression.strip():
+        raise ValueError("the expression is empty; type what to segment, e.g. 'the red circle on the left'")
+    words = tokenize(expression)
+    if not words:
+        raise ValueError(
+            f"expression {expression!r} has no words the model can read (English letters a-z or digits; "
+            "accents are folded); type what to segment, e.g. 'the red circle on the left'")
+    return words
+
+
 class Predictor:
     """Referring segmentation with a trained STEP model.
 
@@ -130,18 +153,20 @@ class Predictor:
         self.config = None
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu",
-                        **kwargs) -> Predictor:
-        """A predictor for a bundled model name, a model folder or a checkpoint (``pretrained.load_pretrained``).
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu", *,
+                        threshold: float = THRESHOLD, batch_size: int = 8,
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
+        """A predictor for a bundled model name, a model folder, a run folder or a checkpoint.
 
-        Keyword arguments (``threshold``, ``batch_size``, ``max_pixels``) go to the constructor.
+        See ``pretrained.load_pretrained`` for what ``name_or_path`` may be; the other
+        arguments are the constructor's.
         """
         from .pretrained import load_pretrained
 
         loaded = load_pretrained(name_or_path, device=device)
         m = loaded.config.model
         predictor = cls(loaded.model, loaded.vocab, image_size=m.image_size, max_words=m.max_words, device=device,
-                        **kwargs)
+                        threshold=threshold, batch_size=batch_size, max_pixels=max_pixels)
         predictor.source, predictor.scores, predictor.config = loaded.source, loaded.scores, loaded.config
         return predictor
 
@@ -149,23 +174,15 @@ class Predictor:
 
     def prepare(self, expression: str) -> Query:
         """Tokenise and check one expression; raises ``ValueError`` when it has nothing to read."""
-        if not isinstance(expression, str):
-            raise ValueError(f"expression must be a string, got {type(expression).__name__}")
-        if not expression.strip():
-            raise ValueError("the expression is empty; type what to segment, e.g. 'the red circle on the left'")
-        words = tokenize(expression)
-        if not words:
-            raise ValueError(
-                f"expression {expression!r} has no words the model can read (English letters a-z or digits, "
-                "accents are folded); type what to segment, e.g. 'the red circle on the left'")
+        words = expression_words(expression)
         truncated = len(words) > self.max_words
         if truncated:
             log.warning("expression %r has %d words; only the first %d are used", _short(expression), len(words),
                         self.max_words)
             words = words[: self.max_words]
         ids = [self.vocab.stoi.get(w, UNK_ID) for w in words]
-        unknown = [w for w, i in zip(words, ids) if i == UNK_ID]
-        if len(unknown) == len(words):
+        unknown = list(dict.fromkeys(w for w, i in zip(words, ids, strict=True) if i == UNK_ID))  # in order, once each
+        if all(i == UNK_ID for i in ids):
             log.warning("none of the words of %r is known to the model (%s); the mask is a guess",
                         _short(expression), ", ".join(unknown))
         elif unknown:
@@ -197,11 +214,16 @@ class Predictor:
                 queries.append(self.prepare(e))
             except ValueError as err:
                 raise (err if single else ValueError(f"expression {k + 1} of {len(expressions)}: {err}")) from None
-        rgb = self.load(image)
-        predictions = self._run(rgb, queries)
+        predictions = self.predict_prepared(self.load(image), queries)
         return predictions[0] if single else predictions
 
-    def _run(self, rgb: np.ndarray, queries: list[Query]) -> list[Prediction]:
+    def predict_prepared(self, rgb: np.ndarray, queries: Sequence[Query]) -> list[Prediction]:
+        """``predict`` for a decoded image (``load``) and checked expressions (``prepare``).
+
+        rgb: (H, W, 3) uint8. The image is encoded once for all ``queries``.
+        """
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError("predict_prepared needs an (H, W, 3) uint8 array; decode with Predictor.load")
         H, W = rgb.shape[:2]
         size = self.image_size
         tensor, (h, w) = letterbox_image(rgb, size)  # (3, S, S), valid extent
@@ -235,8 +257,209 @@ class Predictor:
         return out
 
 
+# ----------------------------------------------------------------------------- files
+
+
+def write_files_atomically(files: dict[str | os.PathLike, bytes]) -> None:
+    """Write every ``path: content`` to a temporary file beside it, then rename them all.
+
+    Nothing is renamed until every temporary file is complete, so an error (full disk, missing
+    folder, Ctrl-C) leaves no partial output file, old files untouched.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    """Encode a PIL image or a uint8 array as PNG."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- batch mode (JSONL)
+
+
+@dataclass
+class _Item:
+    line: int
+    id: str
+    image: str = ""
+    expression: str = ""
+    error: str = ""
+
+
+def _read_pairs(pairs: Path) -> list[_Item]:
+    if not pairs.is_file():
+        raise ValueError(f"{pairs}: input file not found (expected JSON lines: "
+                         '{"image": PATH, "expression": TEXT, "id": OPTIONAL})')
+    items: list[_Item] = []
+    seen: dict[str, int] = {}
+    try:
+        lines = pairs.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
+    except UnicodeDecodeError:
+        raise ValueError(f"{pairs}: not a UTF-8 text file (expected JSON lines)") from None
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        item = _Item(line=n, id=str(n))
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            item.error = f"line {n} is not valid JSON ({e.msg})"
+            obj = None
+        if obj is not None and not isinstance(obj, dict):
+            item.error, obj = f"line {n} is not a JSON object", None
+        if obj is not None:
+            if "id" in obj:
+                if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool) or str(obj["id"]) == "":
+                    raise ValueError(f"{pairs}:{n}: 'id' must be a non-empty string or an integer")
+                item.id = str(obj["id"])
+            image, expression = obj.get("image"), obj.get("expression")
+            item.image = image if isinstance(image, str) else ""
+            item.expression = expression if isinstance(expression, str) else ""
+            if not isinstance(image, str) or not image:
+                item.error = f"line {n}: 'image' must be a path (a non-empty string)"
+            elif not isinstance(expression, str):
+                item.error = f"line {n}: 'expression' must be a string"
+        if item.id in seen:
+            raise ValueError(f"{pairs}: id {item.id!r} is used on lines {seen[item.id]} and {n}; ids must be "
+                             "unique (results are matched to inputs by id)")
+        seen[item.id] = n
+        items.append(item)
+    return items
+
+
+def _done_ids(results: Path) -> set[str]:
+    """Ids already in ``results``; a last line cut by an interruption is removed first."""
+    if not results.is_file():
+        return set()
+    data = results.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: removing an incomplete last line (the previous run was interrupted)", results)
+        with open(results, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    done = set()
+    for n, raw in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+            done.add(str(record["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s:%d: not a result line, ignored", results, n)
+    return done
+
+
+def _mask_names(ids: list[str]) -> dict[str, str]:
+    """A distinct, file-system safe PNG name per id."""
+    safe = {i: (re.sub(r"[^A-Za-z0-9._-]", "_", i)[:100].lstrip(".") or "id") for i in ids}
+    counts: dict[str, int] = {}
+    for name in safe.values():
+        counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    return {i: (f"{n}-{hashlib.sha1(i.encode()).hexdigest()[:8]}" if counts[n.lower()] > 1 or n != i else n) + ".png"
+            for i, n in safe.items()}
+
+
+def predict_jsonl(predictor: Predictor, pairs: str | os.PathLike, out_dir: str | os.PathLike,
+                  results: str | os.PathLike | None = None, *, progress: bool = False) -> dict:
+    """Batch mode: one mask per line of ``pairs``, one result line per input, resumable.
+
+    Each input line is ``{"image": path, "expression": text, "id": optional}`` (the id defaults to
+    the line number; relative image paths are relative to the folder of ``pairs``). For each
+    line, ``<out_dir>/<id>.png`` (0/255 mask at the image's size, written atomically) and a line of
+    ``results`` (default ``<out_dir>/results.jsonl``, appended and flushed line by line):
+    ``{"id", "image", "expression", "mask", "score", "area", "words", "unknown_words", "truncated",
+    "height", "width"}``, or ``{"id", "image", "expression", "error"}`` when that line failed.
+    Ids already in ``results`` are skipped, so running the same command again after an
+    interruption finishes the job. Consecutive lines with the same image share one encoding.
+
+    Returns ``{"total", "done", "skipped", "failed", "results", "out_dir"}``.
+    """
+    pairs, out_dir = Path(pairs), Path(out_dir)
+    items = _read_pairs(pairs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = Path(results) if results is not None else out_dir / "results.jsonl"
+    done = _done_ids(results)
+    names = _mask_names([it.id for it in items])
+    todo = [it for it in items if it.id not in done]
+    counts = {"total": len(items), "done": 0, "skipped": len(items) - len(todo), "failed": 0}
+    if counts["skipped"]:
+        log.info("%s: %d of %d lines already done, skipped", results, counts["skipped"], len(items))
+
+    def resolve(image: str) -> Path:
+        p = Path(image).expanduser()
+        return p if p.is_absolute() else pairs.parent / p
+
+    with open(results, "a", encoding="utf-8") as sink, \
+            tqdm(total=len(todo), desc="predict", unit="line", disable=not progress) as bar:
+
+        def emit(item: _Item, record: dict) -> None:
+            base = {"id": item.id, "image": item.image, "expression": item.expression}
+            sink.write(json.dumps({**base, **record}, ensure_ascii=False) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            counts["failed" if "error" in record else "done"] += 1
+            bar.update(1)
+
+        k = 0
+        while k < len(todo):
+            item = todo[k]
+            if item.error:
+                emit(item, {"error": item.error})
+                k += 1
+                continue
+            group = [item]  # consecutive lines on the same image
+            while k + len(group) < len(todo) and not todo[k + len(group)].error \
+                    and todo[k + len(group)].image == item.image:
+                group.append(todo[k + len(group)])
+            k += len(group)
+            try:
+                rgb = predictor.load(resolve(item.image))
+            except ValueError as e:
+                for it in group:
+                    emit(it, {"error": str(e)})
+                continue
+            ready: list[tuple[_Item, Query]] = []
+            for it in group:
+                try:
+                    ready.append((it, predictor.prepare(it.expression)))
+                except ValueError as e:
+                    emit(it, {"error": str(e)})
+            for start in range(0, len(ready), predictor.batch_size):
+                chunk = ready[start: start + predictor.batch_size]
+                predictions = predictor.predict_prepared(rgb, [q for _, q in chunk])
+                for (it, _), pred in zip(chunk, predictions, strict=True):
+                    mask_path = out_dir / names[it.id]
+                    write_files_atomically({mask_path: png_bytes(mask_image(pred.mask))})
+                    summary = pred.summary()
+                    emit(it, {"mask": str(mask_path), **{key: summary[key] for key in (
+                        "score", "area", "words", "unknown_words", "truncated", "height", "width")}})
+    return {**counts, "results": str(results), "out_dir": str(out_dir)}
+
+
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["Prediction", "Predictor", "Query", "THRESHOLD"]
+__all__ = ["THRESHOLD", "Prediction", "Predictor", "Query", "expression_words", "png_bytes", "predict_jsonl",
+           "write_files_atomically"]

@@ -135,7 +135,10 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, scores: 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it")
 
-    ckpt = load_checkpoint(checkpoint_path)
+    try:
+        ckpt = load_checkpoint(checkpoint_path)
+    except FileNotFoundError as e:
+        raise ValueError(f"{e}; pass a run's last.pt or its run folder") from None
     model, cfg, vocab = model_from_checkpoint(ckpt, str(checkpoint_path))
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     metadata = {"format": FOLDER_FORMAT, "step": str(ckpt.get("step", "")),
@@ -151,6 +154,8 @@ def export_pretrained(checkpoint_path: str | Path, out_dir: str | Path, scores: 
         (tmp / VOCAB_FILE).write_text(json.dumps(vocab.to_list()) + "\n")
         (tmp / SCORES_FILE).write_text(scores_text + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is not
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)

@@ -31,7 +31,9 @@ def tokenize(sentence: str) -> list[str]:
     """
     if not isinstance(sentence, str):
         raise ValueError(f"expression must be a string, got {type(sentence).__name__}")
-    folded = unicodedata.normalize("NFKD", sentence).encode("ascii", "ignore").decode("ascii")
+    decomposed = unicodedata.normalize("NFKD", sentence)
+    # drop accents (combining marks); any other non-ASCII character separates words ("red—circle")
+    folded = "".join(c if ord(c) < 128 else ("" if unicodedata.combining(c) else " ") for c in decomposed)
     return _WORD.findall(folded.lower())
 
 

@@ -1,0 +1,115 @@
+"""Predictor latency on this machine, and the gain of sharing image features across expressions.
+
+    python scripts/bench_predict.py --preset shapes-cpu --expressions 8 --repeat 3
+    python scripts/bench_predict.py --preset paper-1fold --expressions 4 --repeat 1 --threads 1
+    python scripts/bench_predict.py --model runs/a/last.pt --image scene.png
+
+A preset is built with random weights (timing does not depend on them) and a random
+10,000-word vocabulary; ``--model`` loads a real one. The image is ``--image`` or a random
+640 x 480 picture, decoded once (decoding is not timed). Timed, median over ``--repeat`` runs
+after one warm-up:
+
+    encode_image_ms     the visual encoder alone (once per image)
+    one_expression_ms   Predictor.predict(image, expression), end to end (letterbox, model, map back)
+    one_by_one_ms       N expressions, one predict call each (the image encoded N times)
+    shared_ms           predict(image, [N expressions]): encoded once, expressions batched
+    speedup             one_by_one_ms / shared_ms
+
+Prints one JSON object. The numbers are for this CPU as it is loaded now; say so when quoting them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from step_ris.config import apply_overrides, get_preset
+from step_ris.data.transforms import letterbox_image
+from step_ris.model import build_model
+from step_ris.predictor import Predictor
+from step_ris.text import Vocabulary
+
+
+def timed(fn, repeat: int) -> float:
+    """Median wall time of ``fn()`` in milliseconds, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="shapes-cpu", help="config preset, random weights (default shapes-cpu)")
+    source.add_argument("--model", help="a model name / folder / checkpoint instead of a random preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="preset override, e.g. --set model.image_size=320")
+    parser.add_argument("--image", help="image file (default: random 640 x 480)")
+    parser.add_argument("--expressions", type=int, default=8, help="N, expressions per image (default 8)")
+    parser.add_argument("--words", type=int, default=8, help="words per random expression (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="expressions per forward pass (default 8)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measure (default 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rng = np.random.default_rng(0)
+    if args.model:
+        predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size)
+        words = [w for w in predictor.vocab.itos[2:] if w.isalpha()] or predictor.vocab.itos[2:]
+        name = args.model
+    else:
+        cfg = apply_overrides(get_preset(args.preset), args.overrides)
+        words = [f"w{k}" for k in range(10_000)]
+        vocab = Vocabulary(words)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, len(vocab), load_backbone_weights=False)
+        predictor = Predictor(model, vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
+                              batch_size=args.batch_size)
+        name = f"{args.preset} (random weights)"
+    if args.image:
+        rgb = predictor.load(args.image)
+    else:
+        rgb = rng.integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    expressions = [" ".join(rng.choice(words, size=args.words)) for _ in range(args.expressions)]
+
+    tensor, _ = letterbox_image(rgb, predictor.image_size)
+
+    def encode():
+        with torch.inference_mode():
+            predictor.model.encode_image(tensor.unsqueeze(0))
+
+    result = {
+        "model": name,
+        "image_size": predictor.image_size,
+        "image": f"{rgb.shape[1]} x {rgb.shape[0]}",
+        "expressions": args.expressions,
+        "words_per_expression": args.words,
+        "batch_size": args.batch_size,
+        "repeat": args.repeat,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "encode_image_ms": timed(encode, args.repeat),
+        "one_expression_ms": timed(lambda: predictor.predict(rgb, expressions[0]), args.repeat),
+        "one_by_one_ms": timed(lambda: [predictor.predict(rgb, e) for e in expressions], args.repeat),
+        "shared_ms": timed(lambda: predictor.predict(rgb, expressions), args.repeat),
+    }
+    result["shared_per_expression_ms"] = result["shared_ms"] / args.expressions
+    result["speedup"] = result["one_by_one_ms"] / result["shared_ms"]
+    print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
