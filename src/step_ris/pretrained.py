@@ -79,10 +79,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> t
 
 
 def load_model_for_eval(path: str | Path, device: str | None = None):
-    """(model, config, vocabulary, identity) from a training checkpoint file."""
+    """(model, config, vocabulary, identity) from a training checkpoint, a run or model folder, or a name."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / "last.pt").is_file() and not (path / WEIGHTS_FILE).is_file():
         path = path / "last.pt"
+    if not path.is_file():  # a shipped model folder or a bundled model name
+        loaded = load_pretrained(path, device or "cpu")
+        source = Path(loaded.source)
+        identity = {"path": str(source), "sha256": file_sha256(source / WEIGHTS_FILE),
+                    "step": loaded.scores.get("step")}
+        return loaded.model, loaded.config, loaded.vocab, identity
     ckpt = load_checkpoint(path)
     model, cfg, vocab = model_from_checkpoint(ckpt, str(path))
     model.to(device or "cpu")
