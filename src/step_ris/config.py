@@ -14,8 +14,8 @@ import dataclasses
 import json
 import types
 import typing
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Backbone = Literal["resnet101", "resnet50", "resnet18", "efficientnet_lite0"]
@@ -312,7 +312,8 @@ def _validate(cfg: ExperimentConfig) -> None:
     m = cfg.model
     checks = [
         (m.folds >= 1, f"model.folds={m.folds} must be >= 1 (the paper uses 1, 2, 4, 5)"),
-        (m.image_size >= 32 and m.image_size % 8 == 0, f"model.image_size={m.image_size} must be a multiple of 8, >= 32"),
+        (m.image_size >= 32 and m.image_size % 8 == 0,
+         f"model.image_size={m.image_size} must be a multiple of 8, >= 32"),
         (1 <= m.max_words <= 64, f"model.max_words={m.max_words} must be in 1..64 (paper: 20)"),
         (m.pixel_temperature > 0, f"model.pixel_temperature={m.pixel_temperature} must be > 0"),
         (m.embed_kernel in (1, 3), f"model.embed_kernel={m.embed_kernel} must be 1 or 3"),

@@ -44,7 +44,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable step-ris checkpoint ({type(e).__name__}: {e}); "
                          "it may be truncated or from another program") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a step-ris checkpoint (format {FORMAT}): missing 'format', 'config' or 'model'")
+        raise ValueError(f"{path} is not a step-ris checkpoint (format {FORMAT}): "
+                         "missing 'format', 'config' or 'model'")
     return ckpt
 
 

@@ -139,7 +139,10 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
 
     # ---- data
     data = ReferData(cfg.data.root, cfg.data.dataset)
-    vocab = Vocabulary(ckpt["vocab"][2:]) if ckpt else build_vocab(cfg.data.root, cfg.data.dataset, cfg.data.train_split)
+    if ckpt:
+        vocab = Vocabulary(ckpt["vocab"][2:])
+    else:
+        vocab = build_vocab(cfg.data.root, cfg.data.dataset, cfg.data.train_split)
     common = dict(vocab=vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
                   blank_language=cfg.data.blank_language, data=data)
     train_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.train_split, **common)

@@ -173,7 +173,7 @@ class STEPModel(nn.Module):
 
         prev = features[0].new_zeros(batch, 1, *refine_grid)  # P_0 (uniform softmax weights)
         state = None
-        step_logits, heatmaps, alphas, sims, qs = [], [], [], [], []
+        step_logits, alphas, sims, qs = [], [], [], []
         for t, level in enumerate(self.levels):
             v = features[level]
             # Eq. 1: the textual representation s_t

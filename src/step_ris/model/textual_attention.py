@@ -38,7 +38,8 @@ class TextualAttention(nn.Module):
         )  # v_i -> v~_i
         self.temperature = temperature
 
-    def word_attention(self, level: int, v: torch.Tensor, states: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    def word_attention(self, level: int, v: torch.Tensor, states: torch.Tensor,
+                       word_mask: torch.Tensor) -> torch.Tensor:
         """a_ij for one level.
 
         v: (B, C, h, w); states: (B, L, D); word_mask: (B, L) -> a: (B, h*w, L).
