@@ -61,13 +61,11 @@ def cmd_data_check(args) -> int:
 
 def _config_for_run(args):
     """Config of a train command: the preset + overrides, or the saved one when resuming."""
-    from .config import ExperimentConfig, apply_overrides, get_preset
+    from .config import ExperimentConfig, apply_overrides, get_preset, read_json
 
     if args.resume and args.preset is None:
-        path = Path(args.out) / "config.json"
-        if not path.is_file():
-            raise ValueError(f"--resume: {path} not found; is {args.out} a step-ris run folder?")
-        cfg = ExperimentConfig.from_dict(json.loads(path.read_text()))
+        cfg = ExperimentConfig.from_dict(read_json(Path(args.out) / "config.json", "run config",
+                                                   f"is {args.out} a step-ris run folder?"))
         overrides = list(args.overrides)
     else:
         cfg = get_preset(args.preset or "shapes-cpu")
@@ -296,13 +294,9 @@ def cmd_export(args) -> int:
 
         scores = None
         if args.scores:
-            path = Path(args.scores)
-            if not path.is_file():
-                raise ValueError(f"--scores {path}: file not found")
-            try:
-                scores = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--scores {path}: not valid JSON ({e})") from None
+            from .config import read_json
+
+            scores = read_json(args.scores, "--scores file")
             if isinstance(scores, dict):
                 scores.pop("config", None)  # already in config.json
         out = export_pretrained(args.model, args.out, scores, overwrite=args.overwrite)

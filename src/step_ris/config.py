@@ -183,6 +183,17 @@ PRESETS: dict[str, ExperimentConfig] = {
 }
 
 
+def read_json(path: str | Path, what: str, hint: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file is a ValueError naming it and ``what`` it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: missing {what}{'; ' + hint if hint else ''}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: corrupt {what}, not valid JSON ({e})") from None
+
+
 def preset_names() -> list[str]:
     return sorted(PRESETS)
 
@@ -191,12 +202,7 @@ def get_preset(name: str) -> ExperimentConfig:
     """A named preset, or a config file (``configs/*.json``, as written by ``to_json``)."""
     if name.endswith(".json"):
         path = Path(name)
-        if not path.is_file():
-            raise ValueError(f"config file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path, "config file")
         base = get_preset(data.pop("base")) if isinstance(data.get("base"), str) else ExperimentConfig()
         merged = _merge(base.to_dict(), data)
         return validate(ExperimentConfig.from_dict(merged))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, read_json
 from .engine.checkpoint import load_checkpoint
 from .model import STEPModel, build_model
 from .text import PAD, UNK, Vocabulary
@@ -196,13 +196,7 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing {what}; a model folder holds {WEIGHTS_FILE}, {CONFIG_FILE}, "
-                         f"{VOCAB_FILE} and {SCORES_FILE}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt {what}, not valid JSON ({e})") from None
+    return read_json(path, what, f"a model folder holds {WEIGHTS_FILE}, {CONFIG_FILE}, {VOCAB_FILE} and {SCORES_FILE}")
 
 
 def _load_folder(folder: Path) -> tuple[STEPModel, ExperimentConfig, Vocabulary, dict[str, Any]]:
