@@ -218,7 +218,7 @@ def test_download_failure_names_url_and_cache_path(hub_dir, monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(ValueError) as e:
         ResNetBackbone(18, "imagenet")
     msg = str(e.value)
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg

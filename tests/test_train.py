@@ -57,7 +57,7 @@ def test_batch_sampler_is_a_function_of_the_step():
 @pytest.mark.parametrize("frozen", [False, True])
 def test_resumed_run_ends_where_an_uninterrupted_one_would(shapes, tmp_path, frozen):
     extra = ["model.freeze_backbone=true"] if frozen else []
-    cfg = tiny(shapes, "train.iters=6", "train.checkpoint_every=100", *extra)
+    cfg = tiny(shapes, "train.iters=6", "train.checkpoint_every=100", "train.eval_every=2", *extra)
     train(cfg, tmp_path / "straight", progress=False)
     first = train(cfg, tmp_path / "split", progress=False, stop_after=3)
     assert first == {"interrupted": "stop_after", "step": 3}
@@ -69,6 +69,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_would(shapes, tmp_path, fro
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
     assert a["history"][-1]["oIoU"] == pytest.approx(b["history"][-1]["oIoU"], abs=1e-6)
+    assert len(a["history"]) == len(b["history"])  # the resumed run keeps the earlier evaluations
 
 
 def test_run_folder_contents_and_eval_json(shapes, tmp_path):
@@ -103,9 +104,11 @@ def test_nan_loss_stops_with_a_message(shapes, tmp_path, monkeypatch):
         return loss, parts
 
     monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
-    with pytest.raises(TrainingError, match="loss became nan at step 2"):
+    with pytest.raises(TrainingError, match="loss or its gradient became nan at step 2"):
         train(tiny(shapes, "train.iters=10", "train.checkpoint_every=1"), tmp_path / "run", progress=False)
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2  # the last good state
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 2  # the last good state
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_sigterm_saves_and_exits_cleanly(shapes, tmp_path):

@@ -124,7 +124,10 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------- presets
 
-_PAPER_MODEL = ModelConfig()
+# The paper's setup (Sec. 3): DeepLab ResNet-101 (here torchvision's DeepLabV3-ResNet-101 backbone,
+# the closest public match) and GloVe 840B vectors (docs/reproduce.md says where the files go).
+GLOVE_840B = "data/refer/glove/glove.840B.300d.txt"
+_PAPER_MODEL = ModelConfig(backbone_weights="deeplabv3-coco", word_vectors=GLOVE_840B)
 
 PRESETS: dict[str, ExperimentConfig] = {
     # Table 1/2 "Ours (1-fold)": ConvLSTM refiner.

@@ -24,6 +24,7 @@ needs no packed sequences, which ONNX cannot express; one expression per run.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -99,7 +100,9 @@ def export_onnx(model: STEPModel, out: str | Path, *, vocab: Vocabulary, image_s
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings: the branches traced are the ones batch 1 takes
-            torch.onnx.export(graph, inputs, str(tmp), dynamo=False, opset_version=opset, input_names=list(INPUTS),
+            # dynamo=False picks the TorchScript exporter where the keyword exists (torch >= 2.5)
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(graph, inputs, str(tmp), **legacy, opset_version=opset, input_names=list(INPUTS),
                               output_names=list(OUTPUTS), do_constant_folding=True,
                               dynamic_axes={"tokens": {1: "words"}, "attention": {2: "words"},
                                             "similarity": {2: "words"}})

@@ -131,8 +131,8 @@ def explain_figure(prediction: Prediction, image: ImageSource, view: View = "att
         notes.append("unknown words: " + ", ".join(unknown[:8]) + (", ..." if len(unknown) > 8 else ""))
     if prediction.truncated:
         notes.append(f"only the first {len(prediction.words)} words are read")
-    fig.suptitle(f'"{_clip(prediction.expression, 100)}"' + ("\n(" + "; ".join(notes) + ")" if notes else ""),
-                 fontsize=11)
+    title = _clip(prediction.expression, 100).replace("$", r"\$")  # "$...$" would be read as math text
+    fig.suptitle(f'"{title}"' + ("\n(" + "; ".join(notes) + ")" if notes else ""), fontsize=11)
     fig.supxlabel(_wrap(caption(prediction, view), int((left_w + right_w) * 14)), fontsize=8.5, x=0.01,
                   ha="left")
     left, right = fig.subfigures(1, 2, width_ratios=(left_w, right_w), wspace=0.02)

@@ -73,7 +73,7 @@ class ReferenceMasks:
 @torch.no_grad()
 def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, device: str | torch.device = "cpu",
              limit: int = 0, seed: int = 0, cache: FeatureCache | None = None, references: bool = True,
-             amp: bool = False, progress: bool = True, crf: bool = False) -> dict[str, Any]:
+             amp: bool = False, progress: bool = True, workers: int = 0, crf: bool = False) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` (or a seeded subset of ``limit`` samples).
 
     ``crf=True``: DenseCRF post-processing (``engine.crf.dense_crf`` with its default parameters)
@@ -95,7 +95,7 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
         loader = DataLoader(Subset(CachedSamples(dataset, cache), indices), batch_size=batch_size,
                             collate_fn=collate_cached)
     else:
-        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate)
+        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate, num_workers=workers)
     meter = SegmentationMeter()
     ref_meters = {name: SegmentationMeter() for name in REFERENCES} if references else {}
     refs = ReferenceMasks(dataset, seed) if references else None

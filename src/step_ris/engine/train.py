@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..data.dataset import ReferDataset, build_vocab, collate
 from ..data.refer import ReferData
 from ..model import STEPModel, build_model
 from ..text import Vocabulary
-from .checkpoint import FORMAT, atomic_save, capture_rng, load_checkpoint, restore_rng
+from .checkpoint import FORMAT, atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
 from .evaluate import evaluate, format_results, subset_indices
 from .features import CachedSamples, FeatureCache, cache_path, collate_cached
 from .losses import segmentation_loss
@@ -76,12 +77,36 @@ class StepBatchSampler(Sampler):
         return max(0, self.stop - self.start)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world) — initialises the process group under torchrun."""
+DIST_TIMEOUT = timedelta(hours=2)  # rank 0 evaluates while the others wait in a collective
+
+
+def _resolve_device(device: str | None) -> torch.device:
+    """The training device; under torchrun on GPUs, this process's own GPU (LOCAL_RANK)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world) — initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT)
     return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on some rank (so all ranks leave the loop together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -89,7 +114,7 @@ def _prepare_out(out: Path, resume: bool) -> None:
         if not (out / "last.pt").is_file():
             raise TrainingError(f"--resume: no checkpoint {out / 'last.pt'}; start a new run without --resume")
         return
-    if (out / "last.pt").exists() or (out / "config.json").exists():
+    if (out / "last.pt").exists():
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -119,10 +144,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     continue with ``resume=True``), e.g. for jobs with a time limit.
     """
     out = Path(out)
-    rank, world = _distributed()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    device = _resolve_device(device)
+    rank, world = _distributed(device)
     if rank == 0:
         _prepare_out(out, resume)
     ckpt = None
@@ -159,12 +182,15 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, train_seconds = ckpt["step"], ckpt["train_seconds"]
+        history = list(ckpt.get("history", []))
         restore_rng(ckpt["rng"])
         log.info("resumed %s at step %d (%.1f training minutes)", out, step, train_seconds / 60)
     elif rank == 0:
-        (out / "config.json").write_text(cfg.to_json())
-        vocab.save(out / "vocab.json")
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        atomic_write_text(out / "config.json", cfg.to_json())
+        atomic_write_text(out / "vocab.json", json.dumps(vocab.to_list()))
+    # The 1x1-conv refiner without Eq. 1 computes P_t (its head) for the loss only.
+    unused = cfg.model.cell == "conv1x1" and not cfg.model.use_ltr and not t.loss_all_steps
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if world > 1 else model
 
     cache = val_cache = None
     eval_idx = subset_indices(len(val_set), t.eval_samples, t.seed) if val_set is not None else []
@@ -199,6 +225,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
 
     def run_eval() -> dict[str, Any]:
         result = evaluate(model, val_set, batch_size=max(t.batch_size, 16), device=device, seed=t.seed,
+                          workers=cfg.data.workers if val_cache is None else 0,
                           limit=t.eval_samples, cache=val_cache, amp=t.amp, progress=progress,
                           references=not history)
         record = {"step": step, "train_minutes": train_seconds / 60, "samples": step * t.batch_size * world,
@@ -245,13 +272,16 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                     result = net(batch["image"].to(device), tokens, valid, return_intermediates=t.loss_all_steps)
             loss, parts = segmentation_loss(result.logits, target, step_logits=result.step_logits,
                                             dice_weight=t.dice_weight)
-            if not math.isfinite(parts["loss"]):
-                raise TrainingError(f"the loss became {parts['loss']} at step {step}; the last good checkpoint is "
-                                    f"{out / 'last.pt'}. Lower train.lr, set train.grad_clip, or turn off train.amp")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            bad = not math.isfinite(parts["loss"])
+            if not bad:
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
+                bad = not bool(torch.isfinite(grad_norm))
+            if _any_rank(bad, world, device):  # never step on non-finite values: the weights stay good
+                raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {step}; the last "
+                                    f"good checkpoint is {out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
+                                    "or turn off train.amp")
             optimizer.step()
             step += 1
             now = time.perf_counter()
@@ -279,14 +309,12 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                     save()
             if stop_after is not None and step - start_step >= stop_after:
                 stop["signal"] = "stop_after"
-            if t.max_minutes and train_seconds >= t.max_minutes * 60:
+            time_up = bool(t.max_minutes) and train_seconds >= t.max_minutes * 60
+            if _any_rank(time_up, world, device):  # the first rank out of time stops all
                 log.info("reached train.max_minutes=%g at step %d", t.max_minutes, step)
                 break
-            if world > 1:  # every rank stops at the same step
-                flag = torch.tensor([1.0 if stop["signal"] else 0.0])
-                dist.all_reduce(flag)
-                stop["signal"] = stop["signal"] or ("SIGTERM" if flag.item() > 0 else None)
-            if stop["signal"]:
+            if _any_rank(bool(stop["signal"]), world, device):  # every rank stops at the same step
+                stop["signal"] = stop["signal"] or "SIGTERM"
                 break
         if stop["signal"]:
             save()

@@ -225,7 +225,7 @@ def _cached_download(url: str) -> str:
         logger.info("downloading %s to %s", url, dst)
         torch.hub.download_url_to_file(url, dst, progress=False)
     except Exception as e:
-        raise RuntimeError(
+        raise ValueError(
             f"could not download pretrained weights from {url} ({type(e).__name__}: {e}). "
             f"Place the file at {dst} (expected torch hub cache path, torch.hub.get_dir() = "
             f"{torch.hub.get_dir()}; set TORCH_HOME to move it), or pass a local file path as "

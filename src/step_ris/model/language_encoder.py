@@ -82,15 +82,21 @@ class LanguageEncoder(nn.Module):
         if (lengths == 0).any():
             bad = (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty token sequence at batch index {bad}: every expression needs >= 1 word")
-        embedded = self.words(tokens)  # (B, L, word_dim)
-        if bool((lengths == tokens.shape[1]).all()):
+        # The LSTM runs in float32 even under autocast: CUDA autocast would run cuDNN's LSTM in
+        # fp16 whatever dtype was asked for, and bf16 training uses no gradient scaler.
+        embedded = self.words(tokens).float()  # (B, L, word_dim)
+        with torch.autocast(tokens.device.type, enabled=False):
+            states, final = self._run_lstm(embedded, lengths, tokens.shape[1])
+        return TextFeatures(states=states, final=final, mask=mask)
+
+    def _run_lstm(self, embedded: torch.Tensor, lengths: torch.Tensor, total: int):
+        if bool((lengths == total).all()):
             # No padding: packing changes nothing, and the plain call also exports to ONNX.
             states, (h_n, _) = self.lstm(embedded)  # (B, L, D)
         else:
             packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, (h_n, _) = self.lstm(packed)
-            states, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # (B, L, D)
+            states, _ = pad_packed_sequence(out, batch_first=True, total_length=total)  # (B, L, D)
         # h_n: (directions, B, hidden); forward final = state at the last word, backward final
         # = state at the first word.
-        final = torch.cat(list(h_n), dim=-1)  # (B, D)
-        return TextFeatures(states=states, final=final, mask=mask)
+        return states, torch.cat(list(h_n), dim=-1)  # (B, L, D), (B, D)

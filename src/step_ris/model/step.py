@@ -30,6 +30,7 @@ from .textual_attention import TextualAttention
 from .visual_encoder import VisualEncoder
 
 LEVELS = 5
+Q_PEAK_MIN = 1e-3  # q_norm=max divides by the peak only when it is above this
 
 
 @dataclass
@@ -194,7 +195,8 @@ class STEPModel(nn.Module):
                 q = self.fusion(level, v, s)
             if self.q_norm == "max":
                 peak = q.masked_fill(~pixel_masks[level].unsqueeze(1), 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-                q = q / peak.clamp_min(1e-6)
+                # no positive cell (only possible with q_leak): nothing to normalise, leave Q_t as it is
+                q = q / torch.where(peak > Q_PEAK_MIN, peak, torch.ones_like(peak))
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
                 q = F.interpolate(q, size=refine_grid, mode="bilinear", align_corners=False)  # (B, 1, S/4, S/4)

@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NEG = -1e4  # fill for masked logits (safe in bf16/fp16)
-
 
 class TextualAttention(nn.Module):
     """Projections to the attention space and Eq. 1.
@@ -47,7 +45,7 @@ class TextualAttention(nn.Module):
         v_tilde = self.project_visual[str(level)](v).flatten(2).transpose(1, 2)  # (B, N, dim)
         h_tilde = self.project_text(states)  # (B, L, dim)
         logits = v_tilde @ h_tilde.transpose(1, 2)  # (B, N, L)
-        logits = logits.masked_fill(~word_mask.unsqueeze(1), NEG)
+        logits = logits.masked_fill(~word_mask.unsqueeze(1), torch.finfo(logits.dtype).min)
         return logits.softmax(dim=-1)
 
     def pixel_weights(self, prev: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
