@@ -187,3 +187,19 @@ def test_overrides_and_serialisation_round_trip():
     with pytest.raises(ValueError, match="unknown config key 'model.bogus'"):
         ExperimentConfig.from_dict({"model": {"bogus": 1}})
     assert isinstance(ModelConfig().steps, int)
+
+
+def test_info_command_prints_parameters_and_flops(capsys):
+    from step_ris.cli import main
+
+    assert main(["info", "--preset", "tiny", "--vocab-size", "50"]) == 0
+    out = capsys.readouterr().out
+    for part in ("visual encoder (backbone)", "language encoder", "textual attention (Eq. 1)",
+                 "co-embedding (Eqs. 2-4)", "refiner (Eqs. 5-9)", "total", "GFLOPs"):
+        assert part in out
+    assert main(["info", "--preset", "tiny", "--json"]) == 0
+    import json
+
+    info = json.loads(capsys.readouterr().out)
+    assert info["forward_gflops"] > 0 and info["parameters"]["total"]["total"] > 0
+    assert main(["info", "--preset", "nope"]) == 2

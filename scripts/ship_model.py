@@ -1,0 +1,53 @@
+"""Make the bundled model folder from a training run: snapshot, evaluate, export.
+
+    python scripts/ship_model.py --run runs/shapes-cpu --root data/shapesref-cpu \
+        --out src/step_ris/assets/shapes-cpu --limit 1000
+
+Evaluates the run's last.pt on val, testA and testB of ShapesRef (a seeded subset of --limit
+expressions each; 0 = all), then writes model.safetensors, config.json, vocab.json and
+scores.json (the measured metrics, the training step and minutes) with `export_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from step_ris.data.dataset import ReferDataset
+from step_ris.engine.checkpoint import load_checkpoint
+from step_ris.engine.evaluate import evaluate, format_results
+from step_ris.pretrained import export_pretrained, file_sha256, load_model_for_eval
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True)
+    p.add_argument("--root", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    snapshot = Path(args.run) / "shipped.pt"
+    shutil.copyfile(Path(args.run) / "last.pt", snapshot)  # last.pt keeps moving while the run trains
+    ckpt = load_checkpoint(snapshot)
+    model, cfg, vocab, identity = load_model_for_eval(snapshot)
+    scores = {"dataset": cfg.data.dataset, "step": ckpt["step"], "train_minutes": round(ckpt["train_seconds"] / 60, 1),
+              "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
+              "limit": args.limit, "splits": {}}
+    for split in ("val", "testA", "testB"):
+        ds = ReferDataset(args.root, cfg.data.dataset, split, vocab, cfg.model.image_size, max_words=cfg.model.max_words)
+        result = evaluate(model, ds, limit=args.limit, progress=False)
+        print(format_results(result))
+        scores["splits"][split] = result
+    export_pretrained(snapshot, args.out, scores, overwrite=True)
+    print(json.dumps({k: v for k, v in scores.items() if k != "splits"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
