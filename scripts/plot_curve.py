@@ -29,20 +29,24 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--metric", default="oIoU")
     args = p.parse_args()
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharey=True)
     refs = None
     for item in args.run:
         label, folder = item.split("=", 1)
         rows = read(Path(folder))
-        ax.plot([r["train_minutes"] for r in rows], [r[args.metric] for r in rows], marker="o", ms=3, label=label)
+        ys = [r[args.metric] for r in rows]
+        axes[0].plot([r["train_minutes"] for r in rows], ys, marker="o", ms=3, label=label)
+        axes[1].plot([r["samples"] / 1000 for r in rows], ys, marker="o", ms=3, label=label)
         refs = refs or next((r["references"] for r in rows if "references" in r), None)
-    for (name, value), style in zip((refs or {}).items(), ("--", ":", "-."), strict=False):
-        ax.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{name} ({value:.2f})")
-    ax.set_xlabel("training minutes (2-core CPU)")
-    ax.set_ylabel(f"ShapesRef val {args.metric}")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    for ax, xlabel in zip(axes, ("training minutes (2-core CPU)", "training expressions seen (thousands)"),
+                          strict=True):
+        for (name, value), style in zip((refs or {}).items(), ("--", ":", "-."), strict=False):
+            ax.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{name} ({value:.2f})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"ShapesRef val {args.metric}")
+    axes[0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"wrote {args.out}")
