@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from step_ris.data.refer import load_refs
 from step_ris.data.shapesref_logic import evaluate_logical_form, form_to_dict
 from step_ris.data.shapesref_plan import (
     DATASETS,
@@ -339,13 +340,6 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
 
 
 # --- reading back and analysis -------------------------------------------------------------------------
-class _PlainUnpickler(pickle.Unpickler):
-    """Refuses every class: ShapesRef refs are only lists, dicts, strings and numbers."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a refs file")
-
-
 def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, list[dict]]:
     """``(instances, refs)`` of a generated dataset (``shapesref`` or ``shapesref+``)."""
     if dataset not in DATASETS:
@@ -354,9 +348,7 @@ def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, 
     if not (base / INSTANCES).is_file() or not (base / REFS_FILE).is_file():
         raise ValueError(f"{base} does not hold {INSTANCES} and {REFS_FILE}; is {root} a ShapesRef output?")
     instances = json.loads((base / INSTANCES).read_text())
-    with open(base / REFS_FILE, "rb") as fh:
-        refs = _PlainUnpickler(fh).load()
-    return instances, refs
+    return instances, load_refs(base / REFS_FILE)  # the restricted unpickler of the REFER reader
 
 
 def _objects_by_image(instances: dict) -> dict[int, list[dict]]:
