@@ -30,7 +30,7 @@ from .textual_attention import TextualAttention
 from .visual_encoder import VisualEncoder
 
 LEVELS = 5
-Q_PEAK_MIN = 1e-3  # q_norm=max divides by the peak only when it is above this
+Q_PEAK_MIN = 1e-6  # floor of the peak that q_norm=max divides by
 
 
 @dataclass
@@ -195,8 +195,11 @@ class STEPModel(nn.Module):
                 q = self.fusion(level, v, s)
             if self.q_norm == "max":
                 peak = q.masked_fill(~pixel_masks[level].unsqueeze(1), 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-                # no positive cell (only possible with q_leak): nothing to normalise, leave Q_t as it is
-                q = q / torch.where(peak > Q_PEAK_MIN, peak, torch.ones_like(peak))
+                # The peak is floored at Q_PEAK_MIN. With q_leak and no positive cell the peak is 0,
+                # and the (negative) leaky values are scaled by 1 / Q_PEAK_MIN: the shipped
+                # shapes-cpu model was trained so and relies on it (dividing by 1 instead took its
+                # val oIoU from 0.58 to 0.33), so this stays as trained.
+                q = q / peak.clamp_min(Q_PEAK_MIN)
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
                 q = F.interpolate(q, size=refine_grid, mode="bilinear", align_corners=False)  # (B, 1, S/4, S/4)
