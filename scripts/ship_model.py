@@ -37,7 +37,8 @@ def main() -> None:
     shutil.copyfile(Path(args.run) / "last.pt", snapshot)  # last.pt keeps moving while the run trains
     ckpt = load_checkpoint(snapshot)
     model, cfg, vocab, identity = load_model_for_eval(snapshot)
-    scores = {"dataset": cfg.data.dataset, "step": ckpt["step"], "train_minutes": round(ckpt["train_seconds"] / 60, 1),
+    scores = {"dataset": cfg.data.dataset, "step": ckpt["step"],
+              "train_minutes": round(ckpt["train_seconds"] / 60, 1),
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
               "limit": args.limit, "splits": {}}
     for split in ("val", "testA", "testB"):
