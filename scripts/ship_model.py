@@ -42,7 +42,8 @@ def main() -> None:
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
               "limit": args.limit, "splits": {}}
     for split in ("val", "testA", "testB"):
-        ds = ReferDataset(args.root, cfg.data.dataset, split, vocab, cfg.model.image_size, max_words=cfg.model.max_words)
+        ds = ReferDataset(args.root, cfg.data.dataset, split, vocab, cfg.model.image_size,
+                          max_words=cfg.model.max_words)
         result = evaluate(model, ds, limit=args.limit, progress=False)
         print(format_results(result))
         scores["splits"][split] = result
