@@ -14,8 +14,10 @@ import torch
 import torchvision
 from torch import nn
 
+from step_ris import constants
 from step_ris.model.backbones import (
     BACKBONE_NAMES,
+    BACKBONES,
     Backbone,
     EfficientNetLite0Backbone,
     ResNetBackbone,
@@ -31,8 +33,8 @@ CHANNELS = {
     "resnet18": (64, 64, 128, 256, 512),
     "efficientnet_lite0": (24, 144, 40, 112, 320),
 }
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+IMAGENET_MEAN = torch.tensor(constants.IMAGENET_MEAN).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor(constants.IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _lite0_file() -> str:
@@ -43,7 +45,7 @@ def _lite0_file() -> str:
 @pytest.fixture(scope="module")
 def backbones() -> dict[str, Backbone]:
     torch.manual_seed(0)
-    return {name: build_backbone(name, None).eval() for name in BACKBONE_NAMES}
+    return {name: build_backbone(name, None).eval() for name in BACKBONES}
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def _checkpoint_name(weight_enum: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- shapes
-@pytest.mark.parametrize("name", BACKBONE_NAMES)
+@pytest.mark.parametrize("name", list(BACKBONES))
 @pytest.mark.parametrize("size", [64, 96])
 def test_tap_shapes_and_strides(backbones, name, size):
     bb = backbones[name]
@@ -105,8 +107,15 @@ def test_bad_input_shape(backbones):
 def test_build_backbone_unknown_name():
     with pytest.raises(ValueError) as e:
         build_backbone("vgg16", None)
-    for name in BACKBONE_NAMES:
+    for name in BACKBONES:
         assert name in str(e.value)
+
+
+def test_registry_builders_and_former_names():
+    assert BACKBONE_NAMES == tuple(BACKBONES)  # the former module's name list, kept
+    assert set(CHANNELS) == set(BACKBONES)  # a new backbone needs its expected channels here
+    bb = BACKBONES["resnet18"](None, frozen_bn=False)
+    assert isinstance(bb, ResNetBackbone) and bb.depth == 18 and not bb.frozen_bn
 
 
 def test_bad_weights_string():
