@@ -52,7 +52,7 @@ def cmd_data_shapesref(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from .data.refer import check_dataset
+    from .data.check import check_dataset
 
     report = check_dataset(args.root, args.dataset)
     print(json.dumps(report, indent=2, default=str))

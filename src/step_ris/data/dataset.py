@@ -31,8 +31,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..text import MAX_WORDS, PAD_ID, UNK_ID, Vocabulary
+from .errors import DataError
 from .image_io import DEFAULT_MAX_PIXELS, load_image
-from .refer import DataError, ReferData, Sample, parse_dataset_name
+from .refer import ReferData, Sample
+from .registry import parse_dataset_name
 from .transforms import letterbox_image, letterbox_mask
 
 log = logging.getLogger(__name__)

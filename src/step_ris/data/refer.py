@@ -14,22 +14,9 @@ The refs pickles are read with a *restricted* unpickler: plain containers and sc
 (plus ``set``/``frozenset``); a pickle that asks to import anything else is refused with a
 :class:`DataError` before any of its code runs.
 
-Dataset names (``name`` or ``name:split``), see :data:`DATASETS`:
-
-============  ===============================  ================================  =========================
-name          refs file                        images                            splits
-============  ===============================  ================================  =========================
-refcoco       refcoco/refs(unc).p              images/mscoco/images/train2014    train val testA testB
-refcoco+      refcoco+/refs(unc).p             images/mscoco/images/train2014    train val testA testB
-refcocog      refcocog/refs(google).p          images/mscoco/images/train2014    train val
-refcocog-umd  refcocog/refs(umd).p             images/mscoco/images/train2014    train val test
-refclef       refclef/refs(berkeley).p         images/saiapr_tc-12               train val test trainval
-shapesref     shapesref/refs(unc).p            images/shapesref                  train val testA testB
-shapesref+    shapesref+/refs(unc).p           images/shapesref                  train val testA testB
-============  ===============================  ================================  =========================
-
-``referit`` is an alias of ``refclef``; ``trainval`` (refclef) is train + val. Where to
-download each file is in :data:`DOWNLOADS` and ``docs/data.md``.
+Which datasets exist and where their files lie is the registry (:mod:`step_ris.data.registry`);
+``step-ris data check`` is :mod:`step_ris.data.check`. Their names are re-exported here, so
+``from step_ris.data.refer import get_spec, check_dataset`` keeps working.
 """
 
 from __future__ import annotations
@@ -39,197 +26,50 @@ import json
 import logging
 import pickle
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .errors import DataError
+from .registry import (
+    ALIASES,
+    DATASETS,
+    DOWNLOADS,
+    REFER_BASE,
+    DatasetSpec,
+    dataset_names,
+    get_spec,
+    parse_dataset_name,
+)
+
+__all__ = [
+    "ALIASES",
+    "DATASETS",
+    "DOWNLOADS",
+    "REFER_BASE",
+    "DataError",
+    "DatasetSpec",
+    "ReferData",
+    "Sample",
+    "dataset_names",
+    "decode_segmentation",
+    "get_spec",
+    "load_refs",
+    "parse_dataset_name",
+]
+
 log = logging.getLogger(__name__)
 
-REFER_BASE = "https://bvisionweb1.cs.unc.edu/licheng/referit/data"
 
-DOWNLOADS: dict[str, str] = {
-    "refcoco": f"{REFER_BASE}/refcoco.zip",
-    "refcoco+": f"{REFER_BASE}/refcoco+.zip",
-    "refcocog": f"{REFER_BASE}/refcocog.zip",
-    "refclef": f"{REFER_BASE}/refclef.zip",
-    "coco_train2014": "http://images.cocodataset.org/zips/train2014.zip",
-    "saiapr_tc-12": f"{REFER_BASE}/images/saiapr_tc-12.zip",
-}
-"""Public download locations (the REFER toolkit's files; COCO's own image archive)."""
+def __getattr__(name: str) -> Any:
+    # check.py imports this module, so its names are looked up lazily (no import cycle)
+    if name in ("check_dataset", "MAX_LISTED"):
+        from . import check
 
-MAX_LISTED = 20
-"""How many offending ref ids ``check_dataset`` lists per problem."""
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent (the message says which and what to do)."""
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where one REFER dataset lives under a data root and which splits it has.
-
-    ``annotations_help`` / ``images_help`` tell the user how to obtain the files; they contain a
-    ``{root}`` placeholder for the data root.
-    """
-
-    name: str
-    title: str
-    folder: str
-    refs_file: str
-    image_dir: str
-    splits: tuple[str, ...]
-    annotations_help: str
-    images_help: str
-    composite_splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-    @property
-    def all_splits(self) -> tuple[str, ...]:
-        return self.splits + tuple(self.composite_splits)
-
-    def refs_path(self, root: str | Path) -> Path:
-        return Path(root) / self.folder / self.refs_file
-
-    def instances_path(self, root: str | Path) -> Path:
-        return Path(root) / self.folder / "instances.json"
-
-    def image_root(self, root: str | Path) -> Path:
-        return Path(root) / self.image_dir
-
-    def members(self, split: str) -> tuple[str, ...]:
-        """The ``split`` values of refs that make up ``split`` (``trainval`` -> train, val)."""
-        split = self.resolve_split(split)
-        return self.composite_splits.get(split, (split,))
-
-    def resolve_split(self, split: str) -> str:
-        """Canonical spelling of ``split`` (case-insensitive); ValueError listing the allowed ones."""
-        for s in self.all_splits:
-            if s.lower() == str(split).lower():
-                return s
-        raise ValueError(f"dataset {self.name!r} has no split {split!r}; allowed splits: {', '.join(self.all_splits)}")
-
-
-def _coco_help(zip_name: str) -> str:
-    return f"download {zip_name}.zip from {DOWNLOADS[zip_name]} and unzip it into {{root}}"
-
-
-_COCO_IMAGES = (
-    f"download COCO train2014 images from {DOWNLOADS['coco_train2014']} and unzip them so that the "
-    "photos are in {root}/images/mscoco/images/train2014/"
-)
-_SHAPES_HELP = (
-    "ShapesRef is generated locally, not downloaded: run the ShapesRef generator "
-    "(step_ris.data.shapesref) with data root {root}"
-)
-
-DATASETS: dict[str, DatasetSpec] = {
-    s.name: s
-    for s in (
-        DatasetSpec(
-            "refcoco",
-            "RefCOCO (UNC split)",
-            "refcoco",
-            "refs(unc).p",
-            "images/mscoco/images/train2014",
-            ("train", "val", "testA", "testB"),
-            _coco_help("refcoco"),
-            _COCO_IMAGES,
-        ),
-        DatasetSpec(
-            "refcoco+",
-            "RefCOCO+ (UNC split)",
-            "refcoco+",
-            "refs(unc).p",
-            "images/mscoco/images/train2014",
-            ("train", "val", "testA", "testB"),
-            _coco_help("refcoco+"),
-            _COCO_IMAGES,
-        ),
-        DatasetSpec(
-            "refcocog",
-            "RefCOCOg (Google split)",
-            "refcocog",
-            "refs(google).p",
-            "images/mscoco/images/train2014",
-            ("train", "val"),
-            _coco_help("refcocog"),
-            _COCO_IMAGES,
-        ),
-        DatasetSpec(
-            "refcocog-umd",
-            "RefCOCOg (UMD split)",
-            "refcocog",
-            "refs(umd).p",
-            "images/mscoco/images/train2014",
-            ("train", "val", "test"),
-            _coco_help("refcocog") + " (it holds both refs(google).p and refs(umd).p)",
-            _COCO_IMAGES,
-        ),
-        DatasetSpec(
-            "refclef",
-            "ReferIt / RefCLEF (Berkeley split)",
-            "refclef",
-            "refs(berkeley).p",
-            "images/saiapr_tc-12",
-            ("train", "val", "test"),
-            _coco_help("refclef"),
-            f"download the IAPR TC-12 (saiapr_tc-12) subset from {DOWNLOADS['saiapr_tc-12']} and unzip "
-            "it so that {root}/images/saiapr_tc-12/ holds its folders",
-            {"trainval": ("train", "val")},
-        ),
-        DatasetSpec(
-            "shapesref",
-            "ShapesRef",
-            "shapesref",
-            "refs(unc).p",
-            "images/shapesref",
-            ("train", "val", "testA", "testB"),
-            _SHAPES_HELP,
-            _SHAPES_HELP,
-        ),
-        DatasetSpec(
-            "shapesref+",
-            "ShapesRef+",
-            "shapesref+",
-            "refs(unc).p",
-            "images/shapesref",
-            ("train", "val", "testA", "testB"),
-            _SHAPES_HELP,
-            _SHAPES_HELP,
-        ),
-    )
-}
-
-ALIASES: dict[str, str] = {"referit": "refclef", "refcocog-google": "refcocog", "refclef-berkeley": "refclef"}
-
-
-def dataset_names() -> list[str]:
-    """Every accepted dataset name (aliases included)."""
-    return sorted(DATASETS) + sorted(ALIASES)
-
-
-def get_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of a dataset name (case-insensitive, aliases allowed)."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
-    return DATASETS[key]
-
-
-def parse_dataset_name(name: str) -> tuple[DatasetSpec, str | None]:
-    """Parse ``"refcoco"`` or ``"refcoco:testA"`` into (spec, canonical split or None)."""
-    base, sep, split = str(name).partition(":")
-    spec = get_spec(base)
-    if not sep:
-        return spec, None
-    if not split:
-        raise ValueError(f"{name!r}: empty split after ':'; allowed splits: {', '.join(spec.all_splits)}")
-    return spec, spec.resolve_split(split)
+        return getattr(check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,82 +287,3 @@ class ReferData:
                 f"annotation {ann.get('id')} of image {ann['image_id']} in {self.instances_path}: cannot "
                 f"decode its segmentation ({exc})"
             ) from None
-
-
-def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) -> dict[str, Any]:
-    """Inspect a dataset on disk without decoding images (for ``step-ris data check``).
-
-    Returns a dict with ``dataset``, ``title``, ``root``, ``refs_file``, ``instances_file``,
-    ``image_dir``, ``splits`` (``{split: {refs, sentences, images}}`` for every split value in
-    the file and every allowed split), ``total`` (same counts), ``unknown_splits`` (split values
-    of the file the registry does not list), ``missing_images`` / ``missing_annotations``
-    (``{count, ref_ids}``, ids capped at ``max_listed``; an image is missing when its file is
-    absent or its id is not in instances.json), ``problems`` (human-readable lines) and ``ok``.
-
-    Raises:
-        DataError: the refs or instances file is missing or unreadable.
-    """
-    data = ReferData(root, dataset)
-    spec = data.spec
-    splits: dict[str, dict[str, set | int]] = {}
-    for s in spec.splits:
-        splits[s] = {"refs": 0, "sentences": 0, "images": set()}
-    exists: dict[int, bool] = {}
-    missing_img: list[int] = []
-    missing_ann: list[int] = []
-    for ref in data.refs:
-        c = splits.setdefault(ref["split"], {"refs": 0, "sentences": 0, "images": set()})
-        c["refs"] += 1
-        c["sentences"] += len(ref["sentences"])
-        c["images"].add(ref["image_id"])
-        iid = ref["image_id"]
-        if iid not in exists:
-            exists[iid] = iid in data.images and data.image_path(iid).is_file()
-        if not exists[iid]:
-            missing_img.append(ref["ref_id"])
-        if ref["ann_id"] not in data.anns:
-            missing_ann.append(ref["ref_id"])
-    out_splits = {
-        s: {"refs": c["refs"], "sentences": c["sentences"], "images": len(c["images"])} for s, c in splits.items()
-    }
-    for comp, members in spec.composite_splits.items():
-        imgs = set().union(*(splits[m]["images"] for m in members))
-        out_splits[comp] = {
-            "refs": sum(out_splits[m]["refs"] for m in members),
-            "sentences": sum(out_splits[m]["sentences"] for m in members),
-            "images": len(imgs),
-        }
-    unknown = sorted(s for s in splits if s not in spec.splits)
-    total = {
-        "refs": len(data.refs),
-        "sentences": sum(len(r["sentences"]) for r in data.refs),
-        "images": len({r["image_id"] for r in data.refs}),
-    }
-    problems: list[str] = []
-    if missing_img:
-        problems.append(
-            f"{len(missing_img)} ref(s) point to missing images (under {spec.image_root(data.root)}); "
-            f"{spec.images_help.format(root=data.root)}"
-        )
-    if missing_ann:
-        problems.append(f"{len(missing_ann)} ref(s) point to annotations absent from {data.instances_path}")
-    if unknown:
-        problems.append(f"refs file has split values not used by {spec.name}: {', '.join(unknown)}")
-    empty = [s for s in spec.splits if out_splits[s]["refs"] == 0]
-    if empty:
-        problems.append(f"no refs in split(s): {', '.join(empty)}")
-    return {
-        "dataset": spec.name,
-        "title": spec.title,
-        "root": str(data.root),
-        "refs_file": str(data.refs_path),
-        "instances_file": str(data.instances_path),
-        "image_dir": str(spec.image_root(data.root)),
-        "splits": out_splits,
-        "total": total,
-        "unknown_splits": unknown,
-        "missing_images": {"count": len(missing_img), "ref_ids": missing_img[:max_listed]},
-        "missing_annotations": {"count": len(missing_ann), "ref_ids": missing_ann[:max_listed]},
-        "problems": problems,
-        "ok": not (missing_img or missing_ann),
-    }

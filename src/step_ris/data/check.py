@@ -1,0 +1,90 @@
+"""``step-ris data check``: inspect a dataset folder without decoding any image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .refer import ReferData
+
+MAX_LISTED = 20
+"""How many offending ref ids ``check_dataset`` lists per problem."""
+
+
+def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) -> dict[str, Any]:
+    """Inspect a dataset on disk without decoding images (for ``step-ris data check``).
+
+    Returns a dict with ``dataset``, ``title``, ``root``, ``refs_file``, ``instances_file``,
+    ``image_dir``, ``splits`` (``{split: {refs, sentences, images}}`` for every split value in
+    the file and every allowed split), ``total`` (same counts), ``unknown_splits`` (split values
+    of the file the registry does not list), ``missing_images`` / ``missing_annotations``
+    (``{count, ref_ids}``, ids capped at ``max_listed``; an image is missing when its file is
+    absent or its id is not in instances.json), ``problems`` (human-readable lines) and ``ok``.
+
+    Raises:
+        DataError: the refs or instances file is missing or unreadable.
+    """
+    data = ReferData(root, dataset)
+    spec = data.spec
+    splits: dict[str, dict[str, set | int]] = {}
+    for s in spec.splits:
+        splits[s] = {"refs": 0, "sentences": 0, "images": set()}
+    exists: dict[int, bool] = {}
+    missing_img: list[int] = []
+    missing_ann: list[int] = []
+    for ref in data.refs:
+        c = splits.setdefault(ref["split"], {"refs": 0, "sentences": 0, "images": set()})
+        c["refs"] += 1
+        c["sentences"] += len(ref["sentences"])
+        c["images"].add(ref["image_id"])
+        iid = ref["image_id"]
+        if iid not in exists:
+            exists[iid] = iid in data.images and data.image_path(iid).is_file()
+        if not exists[iid]:
+            missing_img.append(ref["ref_id"])
+        if ref["ann_id"] not in data.anns:
+            missing_ann.append(ref["ref_id"])
+    out_splits = {
+        s: {"refs": c["refs"], "sentences": c["sentences"], "images": len(c["images"])} for s, c in splits.items()
+    }
+    for comp, members in spec.composite_splits.items():
+        imgs = set().union(*(splits[m]["images"] for m in members))
+        out_splits[comp] = {
+            "refs": sum(out_splits[m]["refs"] for m in members),
+            "sentences": sum(out_splits[m]["sentences"] for m in members),
+            "images": len(imgs),
+        }
+    unknown = sorted(s for s in splits if s not in spec.splits)
+    total = {
+        "refs": len(data.refs),
+        "sentences": sum(len(r["sentences"]) for r in data.refs),
+        "images": len({r["image_id"] for r in data.refs}),
+    }
+    problems: list[str] = []
+    if missing_img:
+        problems.append(
+            f"{len(missing_img)} ref(s) point to missing images (under {spec.image_root(data.root)}); "
+            f"{spec.images_help.format(root=data.root)}"
+        )
+    if missing_ann:
+        problems.append(f"{len(missing_ann)} ref(s) point to annotations absent from {data.instances_path}")
+    if unknown:
+        problems.append(f"refs file has split values not used by {spec.name}: {', '.join(unknown)}")
+    empty = [s for s in spec.splits if out_splits[s]["refs"] == 0]
+    if empty:
+        problems.append(f"no refs in split(s): {', '.join(empty)}")
+    return {
+        "dataset": spec.name,
+        "title": spec.title,
+        "root": str(data.root),
+        "refs_file": str(data.refs_path),
+        "instances_file": str(data.instances_path),
+        "image_dir": str(spec.image_root(data.root)),
+        "splits": out_splits,
+        "total": total,
+        "unknown_splits": unknown,
+        "missing_images": {"count": len(missing_img), "ref_ids": missing_img[:max_listed]},
+        "missing_annotations": {"count": len(missing_ann), "ref_ids": missing_ann[:max_listed]},
+        "problems": problems,
+        "ok": not (missing_img or missing_ann),
+    }
