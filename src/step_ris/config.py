@@ -317,7 +317,24 @@ def _from_dict(cls: type, d: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_choices(section: Any, prefix: str) -> None:
+    """Every Literal-typed field (Backbone, Cell, ...) holds one of its allowed values.
+
+    Overrides and JSON files are checked as they are parsed (``_coerce``); this also catches a
+    config built in Python, e.g. ``ModelConfig(backbone="vgg16")``.
+    """
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value, hint = getattr(section, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, f"{prefix}{f.name}.")
+        elif typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            raise ValueError(f"{prefix}{f.name}={value!r} is not allowed; "
+                             f"choose one of: {', '.join(map(str, typing.get_args(hint)))}")
+
+
 def _validate(cfg: ExperimentConfig) -> None:
+    _check_choices(cfg, "")
     m = cfg.model
     checks = [
         (m.folds >= 1, f"model.folds={m.folds} must be >= 1 (the paper uses 1, 2, 4, 5)"),

@@ -73,11 +73,21 @@ class ConvLSTMCell(nn.Module):
         return h, (h, c)
 
 
+# The one list of refiner cells: name -> the ConvRNN cell's class (built with in_channels, filters,
+# kernel); None is the "1x1-conv" ablation, which has no recurrence. config.Cell lists the same names
+# (tests/test_registries.py checks that they agree).
+CELLS: dict[str, type[ConvGRUCell] | type[ConvLSTMCell] | None] = {
+    "convlstm": ConvLSTMCell,
+    "convgru": ConvGRUCell,
+    "conv1x1": None,
+}
+
+
 class Refiner(nn.Module):
     """Turns the sequence of STEP heatmaps Q_t into refined maps P_t (as logits).
 
     Args:
-        cell: "convgru", "convlstm" or "conv1x1" (the ablation without a ConvRNN).
+        cell: a name in :data:`CELLS`: "convgru", "convlstm" or "conv1x1" (the ablation without a ConvRNN).
         filters, kernel: of the ConvRNN (32, 3 in the paper).
         steps: T, needed by the "conv1x1" variant's final 1x1 conv over [Q_1..Q_T].
 
@@ -87,16 +97,15 @@ class Refiner(nn.Module):
 
     def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5):
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
         self.kind = cell
-        if cell == "convgru":
-            self.cell = ConvGRUCell(in_channels=1, filters=filters, kernel=kernel)
-        elif cell == "convlstm":
-            self.cell = ConvLSTMCell(in_channels=1, filters=filters, kernel=kernel)
-        elif cell == "conv1x1":
+        cell_class = CELLS[cell]
+        if cell_class is not None:
+            self.cell = cell_class(in_channels=1, filters=filters, kernel=kernel)
+        else:
             self.cell = None
             self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
-        else:
-            raise ValueError(f"cell={cell!r}; choose one of: convgru, convlstm, conv1x1")
         self.head = nn.Conv2d(filters if self.cell is not None else 1, 1, 1)  # Eq. 9: W^P, b^P
 
     def start(self, q: torch.Tensor):
