@@ -22,8 +22,8 @@ from step_ris.data.shapesref import (
     referent_bias_report,
     split_counts,
 )
-from step_ris.data.shapesref_language import FORBIDDEN_LOCATION_WORDS
-from step_ris.data.shapesref_logic import (
+from step_ris.data.shapesref.language import FORBIDDEN_LOCATION_WORDS
+from step_ris.data.shapesref.logic import (
     Compare,
     Extreme,
     Filter,
@@ -32,7 +32,7 @@ from step_ris.data.shapesref_logic import (
     form_from_dict,
     head,
 )
-from step_ris.data.shapesref_scene import COLOURS, SHAPES, SIZE_EXTENT, SIZE_JITTER, SIZES, make_scene, render_scene
+from step_ris.data.shapesref.scene import COLOURS, SHAPES, SIZE_EXTENT, SIZE_JITTER, SIZES, make_scene, render_scene
 from step_ris.text import tokenize
 
 # pycocotools' decode passes copy=False to a class whose __array__ predates NumPy 2
@@ -334,7 +334,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise KeyboardInterrupt
         return real(scene)
 
-    monkeypatch.setattr(sr, "render_scene", flaky)
+    monkeypatch.setattr(sr.writer, "render_scene", flaky)  # where generate_shapesref looks it up
     with pytest.raises(KeyboardInterrupt):
         generate_shapesref(tmp_path / "out", 5, 0, 64, progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -373,7 +373,7 @@ def test_evaluator_semantics() -> None:
 
 
 def _to_dict(form) -> dict:  # noqa: ANN001
-    from step_ris.data.shapesref_logic import form_to_dict
+    from step_ris.data.shapesref.logic import form_to_dict
     return form_to_dict(form)
 
 
@@ -384,3 +384,34 @@ def _to_dict(form) -> dict:  # noqa: ANN001
 def test_evaluator_rejects_bad_forms(bad: dict) -> None:
     with pytest.raises(ValueError):
         evaluate_logical_form(bad, [_obj("circle", "red", "small", 0.5, 0.5)])
+
+
+# --- the package layout and the old import paths ----------------------------------------------------------
+OLD_PUBLIC_NAMES = (
+    "load_refs", "evaluate_logical_form", "form_to_dict", "DATASETS", "FAMILIES", "SPLITS", "FamilyBalancer",
+    "PlannedRef", "plan_refs", "SHAPES", "Scene", "make_scene", "render_scene", "scene_rng", "segmentation",
+    "FORMAT_VERSION", "GENERATOR_NAME", "MANIFEST", "IMAGE_SUBDIR", "INSTANCES", "REFS_FILE", "PICKLE_PROTOCOL",
+    "PNG_COMPRESS_LEVEL", "DEFAULT_SIZE", "MIN_SIZE", "MAX_SIZE", "DEFAULT_SPLIT_RATIOS", "MAX_SCENE_ATTEMPTS",
+    "COORD_DECIMALS", "OUTPUT_DIR_MODE", "POSITION_DECIMALS", "split_counts", "is_shapesref_output",
+    "image_objects", "generate_shapesref", "load_shapesref", "referent_bias_report",
+)
+
+
+def test_package_keeps_the_names_of_the_single_module() -> None:
+    missing = [n for n in OLD_PUBLIC_NAMES if not hasattr(sr, n)]
+    assert not missing
+    assert sorted(sr.__all__) == sorted(["DEFAULT_SPLIT_RATIOS", "DATASETS", "FAMILIES", "SPLITS",
+                                         "evaluate_logical_form", "generate_shapesref", "image_objects",
+                                         "load_shapesref", "referent_bias_report", "split_counts"])
+
+
+@pytest.mark.parametrize("part", ["scene", "logic", "language", "plan"])
+def test_old_module_paths_are_deprecated_aliases(part: str) -> None:
+    import importlib
+    import sys
+
+    new = importlib.import_module(f"step_ris.data.shapesref.{part}")
+    sys.modules.pop(f"step_ris.data.shapesref_{part}", None)
+    with pytest.warns(DeprecationWarning, match=f"step_ris.data.shapesref.{part}"):
+        old = importlib.import_module(f"step_ris.data.shapesref_{part}")
+    assert old is new  # one module object: patching either patches both

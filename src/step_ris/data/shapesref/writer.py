@@ -1,7 +1,6 @@
-"""ShapesRef: a synthetic referring-segmentation benchmark that can only be solved by reading.
+"""Writing ShapesRef: arguments, splits, COCO records and the atomic output tree.
 
-Scenes of 3-8 coloured shapes on muted textured backgrounds; every expression comes from a
-logical form that the evaluator grounds to exactly its referent. Written in the REFER layout::
+Layout written under ``ROOT`` (the REFER layout)::
 
     ROOT/images/shapesref/<file_name>          PNG images (shared by both datasets)
     ROOT/shapesref/instances.json              COCO instances (+ per-object "attributes")
@@ -9,10 +8,6 @@ logical form that the evaluator grounds to exactly its referent. Written in the 
     ROOT/shapesref+/instances.json             same instances (identical bytes)
     ROOT/shapesref+/refs(unc).p                refs without absolute location words
     ROOT/shapesref_manifest.json               generator parameters and counts
-
-See docs/shapesref.md for the families, phrasings and splits. The modules behind it:
-``shapesref_scene`` (geometry, rendering), ``shapesref_logic`` (forms, evaluator),
-``shapesref_language`` (phrasings), ``shapesref_plan`` (referents and forms).
 """
 
 from __future__ import annotations
@@ -34,30 +29,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from step_ris.data.refer import load_refs
-from step_ris.data.shapesref_logic import evaluate_logical_form, form_to_dict
-from step_ris.data.shapesref_plan import (
+from .logic import form_to_dict
+from .plan import (
     DATASETS,
-    FAMILIES,
     SPLITS,
     FamilyBalancer,
     PlannedRef,
     plan_refs,
 )
-from step_ris.data.shapesref_scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
-
-__all__ = [
-    "DEFAULT_SPLIT_RATIOS",
-    "DATASETS",
-    "FAMILIES",
-    "SPLITS",
-    "evaluate_logical_form",
-    "generate_shapesref",
-    "image_objects",
-    "load_shapesref",
-    "referent_bias_report",
-    "split_counts",
-]
+from .scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
 
 log = logging.getLogger(__name__)
 
@@ -337,50 +317,3 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
              ", ".join(f"{s} {n}" for s, n in summary["images"].items()), size, seconds,
              result["images_per_second"], out)
     return result
-
-
-# --- reading back and analysis -------------------------------------------------------------------------
-def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, list[dict]]:
-    """``(instances, refs)`` of a generated dataset (``shapesref`` or ``shapesref+``)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    base = Path(root) / dataset
-    if not (base / INSTANCES).is_file() or not (base / REFS_FILE).is_file():
-        raise ValueError(f"{base} does not hold {INSTANCES} and {REFS_FILE}; is {root} a ShapesRef output?")
-    instances = json.loads((base / INSTANCES).read_text())
-    return instances, load_refs(base / REFS_FILE)  # the restricted unpickler of the REFER reader
-
-
-def _objects_by_image(instances: dict) -> dict[int, list[dict]]:
-    """Annotations per image, in draw order."""
-    per: dict[int, list[dict]] = {}
-    for ann in instances["annotations"]:
-        per.setdefault(ann["image_id"], []).append(ann)
-    return {k: sorted(v, key=lambda a: a["attributes"]["draw_order"]) for k, v in per.items()}
-
-
-def _argbest(values: list[float]) -> int:
-    return int(np.argmax(values))
-
-
-def referent_bias_report(root: Path | str, dataset: str = "shapesref") -> dict[str, float]:
-    """How often the referent is the largest (visible area), leftmost, most central, first-drawn or
-    last-drawn object of its image, next to ``chance`` = mean over refs of 1 / objects in the image."""
-    instances, refs = load_shapesref(root, dataset)
-    anns = _objects_by_image(instances)
-    hits: Counter = Counter()
-    chance = 0.0
-    for ref in refs:
-        objs = anns[ref["image_id"]]
-        k = [a["id"] for a in objs].index(ref["ann_id"])
-        pos = [a["attributes"]["position"] for a in objs]
-        hits["largest"] += k == _argbest([a["area"] for a in objs])
-        hits["leftmost"] += k == _argbest([-p[0] for p in pos])
-        hits["most_central"] += k == _argbest([-math.hypot(p[0] - 0.5, p[1] - 0.5) for p in pos])
-        hits["first_drawn"] += k == 0
-        hits["last_drawn"] += k == len(objs) - 1
-        chance += 1 / len(objs)
-    n = max(len(refs), 1)
-    report: dict[str, float] = {"refs": len(refs), "chance": chance / n}
-    report.update({key: hits[key] / n for key in ("largest", "leftmost", "most_central", "first_drawn", "last_drawn")})
-    return report

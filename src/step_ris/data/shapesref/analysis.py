@@ -1,0 +1,60 @@
+"""Reading a generated ShapesRef set back, and how biased its referents are."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..refer import load_refs
+from .plan import DATASETS
+from .writer import INSTANCES, REFS_FILE
+
+
+def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, list[dict]]:
+    """``(instances, refs)`` of a generated dataset (``shapesref`` or ``shapesref+``)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    base = Path(root) / dataset
+    if not (base / INSTANCES).is_file() or not (base / REFS_FILE).is_file():
+        raise ValueError(f"{base} does not hold {INSTANCES} and {REFS_FILE}; is {root} a ShapesRef output?")
+    instances = json.loads((base / INSTANCES).read_text())
+    return instances, load_refs(base / REFS_FILE)  # the restricted unpickler of the REFER reader
+
+
+def _objects_by_image(instances: dict) -> dict[int, list[dict]]:
+    """Annotations per image, in draw order."""
+    per: dict[int, list[dict]] = {}
+    for ann in instances["annotations"]:
+        per.setdefault(ann["image_id"], []).append(ann)
+    return {k: sorted(v, key=lambda a: a["attributes"]["draw_order"]) for k, v in per.items()}
+
+
+def _argbest(values: list[float]) -> int:
+    return int(np.argmax(values))
+
+
+def referent_bias_report(root: Path | str, dataset: str = "shapesref") -> dict[str, float]:
+    """How often the referent is the largest (visible area), leftmost, most central, first-drawn or
+    last-drawn object of its image, next to ``chance`` = mean over refs of 1 / objects in the image."""
+    instances, refs = load_shapesref(root, dataset)
+    anns = _objects_by_image(instances)
+    hits: Counter = Counter()
+    chance = 0.0
+    for ref in refs:
+        objs = anns[ref["image_id"]]
+        k = [a["id"] for a in objs].index(ref["ann_id"])
+        pos = [a["attributes"]["position"] for a in objs]
+        hits["largest"] += k == _argbest([a["area"] for a in objs])
+        hits["leftmost"] += k == _argbest([-p[0] for p in pos])
+        hits["most_central"] += k == _argbest([-math.hypot(p[0] - 0.5, p[1] - 0.5) for p in pos])
+        hits["first_drawn"] += k == 0
+        hits["last_drawn"] += k == len(objs) - 1
+        chance += 1 / len(objs)
+    n = max(len(refs), 1)
+    report: dict[str, float] = {"refs": len(refs), "chance": chance / n}
+    report.update({key: hits[key] / n for key in ("largest", "leftmost", "most_central", "first_drawn", "last_drawn")})
+    return report
