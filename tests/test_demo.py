@@ -1,186 +1,270 @@
-"""The web demo end to end: a real server on a free 127.0.0.1 port, driven with urllib."""
+"""The web demo end to end: the Gradio app on a free 127.0.0.1 port, driven with gradio_client,
+with the bundled shapes-cpu model; and its parts without a server (cache, limits, Figure-4 view)."""
 
 from __future__ import annotations
 
-import base64
-import http.client
 import io
-import json
-import re
-import shutil
+import socket
+import subprocess
+import sys
 import threading
-import urllib.error
-import urllib.request
-import uuid
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from step_ris.demo import DemoApp, make_server
+from step_ris import demo as demo_module
+from step_ris.demo import (
+    MAX_EXPRESSION_CHARS,
+    MAX_IMAGE_SIDE,
+    MAX_UPLOAD,
+    MAX_WORD_CHARS,
+    QUEUE_SIZE,
+    DemoApp,
+    LRUCache,
+)
 from step_ris.predictor import Predictor
-from tiny_model import shared_tiny
+from step_ris.visualize import overlay
+
+SCENE = demo_module.DEFAULT_EXAMPLES / "scene_1.png"
+EXPRESSIONS = ["the second big diamond from the left", "tiny rhombus", "the blue rhombus furthest to the right"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tiny = shared_tiny(tmp_path_factory)
-    examples = tmp_path_factory.mktemp("examples")
-    for p in sorted(tiny["images"].glob("*.png"))[:3]:
-        shutil.copy(p, examples / p.name)
-    first = sorted(examples.glob("*.png"))[0].name
-    (examples / "examples.json").write_text(json.dumps({first: ["the blue thing", "the pink hexagon"]}))
-    app = DemoApp(Predictor.from_pretrained(tiny["model"]), examples)
-    srv = make_server(app, "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield {"url": f"http://127.0.0.1:{srv.server_address[1]}", "tiny": tiny, "first": first}
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+def predictor():
+    return Predictor.from_pretrained()
 
 
-def request(url, data=None, headers=None, method=None):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.headers.get("Content-Type", ""), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read()
+@pytest.fixture(scope="module")
+def server(predictor):
+    pytest.importorskip("gradio")
+    client_module = pytest.importorskip("gradio_client")
+    app = demo_module.build_demo(predictor)
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = demo_module.launch(app, port=port, block=False, quiet=True)  # host: the default
+    client = client_module.Client(url, verbose=False)
+    yield {"demo": app, "url": url, "client": client, "app": app.step_ris_app, "port": port}
+    client.close()
+    app.close()
 
 
-def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+def segment(server, image, expression, threshold=0.5):
+    from gradio_client import handle_file
+
+    return server["client"].predict(handle_file(str(image)), expression, threshold, api_name="/segment")
 
 
-def png(b64: str) -> Image.Image:
-    image = Image.open(io.BytesIO(base64.b64decode(b64)))
-    image.load()
-    return image
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
 
 
-def test_page_info_and_examples(server):
-    status, kind, body = request(server["url"] + "/")
-    assert status == 200 and kind.startswith("text/html") and b"/api/predict" in body
-    status, _, body = request(server["url"] + "/api/info")
-    info = json.loads(body)
-    assert status == 200 and len(info["examples"]) == 3 and info["image_size"] == 64
-    assert info["examples"][0]["expressions"] == ["the blue thing", "the pink hexagon"]
-    status, kind, body = request(server["url"] + info["examples"][0]["url"])
-    assert status == 200 and kind == "image/png" and Image.open(io.BytesIO(body)).size == (64, 64)
-    assert request(server["url"] + "/examples/..%2F..%2Fetc%2Fpasswd")[0] == 404
-    assert request(server["url"] + "/nothing")[0] == 404
-
-
-def test_upload_an_image_and_get_the_pictures(server):
-    source = Image.open(server["tiny"]["image"]).convert("RGB").resize((96, 54))
-    buf = io.BytesIO()
-    source.save(buf, format="PNG")
-    body, headers = multipart({"expression": "the big pink hexagon", "view": "similarity", "threshold": "0.3"},
-                              {"image": ("scene.png", buf.getvalue())})
-    status, kind, raw = request(server["url"] + "/api/predict", body, headers)
-    assert status == 200 and kind.startswith("application/json"), raw[:300]
-    answer = json.loads(raw)
-    assert answer["words"] == ["the", "big", "pink", "hexagon"] and answer["view"] == "similarity"
-    assert (answer["width"], answer["height"]) == (96, 54) and answer["threshold"] == 0.3
-    mask, over, explain = png(answer["mask_png"]), png(answer["overlay_png"]), png(answer["explain_png"])
-    assert mask.size == over.size == (96, 54) and mask.mode == "L" and over.mode == "RGB"
-    assert set(np.unique(np.asarray(mask))) <= {0, 255} and explain.width > 600
-    expected = Predictor.from_pretrained(server["tiny"]["model"], threshold=0.3).predict(source,
-                                                                                           "the big pink hexagon")
-    assert np.array_equal(np.asarray(mask) > 0, expected.mask)
-
-
-def test_json_request_with_an_example(server):
-    body = json.dumps({"example": server["first"], "expression": "zorglub blue"}).encode()
-    status, _, raw = request(server["url"] + "/api/predict", body, {"Content-Type": "application/json"})
-    answer = json.loads(raw)
-    assert status == 200 and answer["unknown_words"] == ["zorglub"] and answer["view"] == "attention"
-    assert png(answer["mask_png"]).size == (64, 64)
-    # an uploaded image as a data URL in JSON
-    data = base64.b64encode(server["tiny"]["image"].read_bytes()).decode()
-    body = json.dumps({"image": "data:image/png;base64," + data, "expression": "the thing"}).encode()
-    status, _, raw = request(server["url"] + "/api/predict", body, {"Content-Type": "application/json"})
-    assert status == 200 and png(json.loads(raw)["overlay_png"]).size == (64, 64)
+def test_one_image_three_expressions_match_the_predictor(server, predictor):
+    """The API's masks are the CLI path's (Predictor.predict at the same threshold), and the
+    image's encoding is made once for the three expressions."""
+    threshold = 0.4
+    reference = Predictor.from_pretrained(threshold=threshold)
+    rgb = reference.load(SCENE)
+    before = len(server["app"].images)
+    summaries = []
+    for expression in EXPRESSIONS:
+        overlay_file, mask_file, summary = segment(server, SCENE, expression, threshold)
+        expected = reference.predict(SCENE, expression)
+        mask = read_png(mask_file)
+        assert mask.shape == expected.mask.shape == rgb.shape[:2]
+        assert np.array_equal(mask > 0, expected.mask), expression
+        assert np.array_equal(read_png(overlay_file), overlay(rgb, expected.mask))
+        assert summary["words"] == expected.words and summary["threshold"] == threshold
+        assert summary["area"] == pytest.approx(expected.area, abs=1e-6)
+        assert summary["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert summary["latency_ms"] > 0 and isinstance(summary["encoding_reused"], bool)
+        summaries.append(summary)
+    assert any(s["area"] > 0 for s in summaries)  # the shipped model finds something
+    assert len(server["app"].images) == before + 1  # one cache entry for the one image
+    assert summaries[0]["encode_ms"] > 0 and not summaries[0]["encoding_reused"]  # first time: decoded here
+    if hasattr(Predictor, "encode"):
+        assert [s["encoding_reused"] for s in summaries[1:]] == [True, True]
+        assert all(s["encode_ms"] == 0.0 for s in summaries[1:])
 
 
 @pytest.mark.parametrize("case, message", [
-    ("empty expression", "expression is empty"),
-    ("no expression", "missing 'expression'"),
+    ("too long", f"at most {MAX_EXPRESSION_CHARS}"),
+    ("empty", "expression is empty"),
     ("symbols", "no words the model can read"),
     ("not an image", "not an image"),
-    ("truncated", "truncated|decode|corrupt"),
-    ("no image", "no image"),
-    ("unknown example", "unknown example"),
-    ("bad view", "view must be one of"),
-    ("bad threshold", "threshold must be"),
-    ("bad json", "not valid JSON"),
-    ("bad base64", "base64"),
-    ("plain text body", "multipart/form-data"),
+    ("too wide", f"at most {MAX_IMAGE_SIDE} pixels per side"),
+    ("bad threshold", "threshold must be between 0 and 1"),
 ])
-def test_bad_input_is_a_400_with_a_message(server, case, message):
-    image = server["tiny"]["image"].read_bytes()
-    fields = {"expression": "the blue thing"}
-    files = {"image": ("x.png", image)}
-    headers = None
-    body = None
-    if case == "empty expression":
-        fields["expression"] = "  "
-    elif case == "no expression":
-        del fields["expression"]
+def test_bad_input_gets_a_clear_error(server, tmp_path, case, message):
+    from gradio_client.exceptions import AppError
+
+    image, expression, threshold = SCENE, "the blue thing", 0.5
+    if case == "too long":
+        expression = "the big blue diamond " * 12  # 252 characters
+    elif case == "empty":
+        expression = "   "
     elif case == "symbols":
-        fields["expression"] = "?!"
+        expression = "?!"
     elif case == "not an image":
-        files = {"image": ("x.png", b"hello")}
-    elif case == "truncated":
-        files = {"image": ("x.png", image[: len(image) // 2])}
-    elif case == "no image":
-        files = {}
-    elif case == "unknown example":
-        files, fields["example"] = {}, "nope.png"
-    elif case == "bad view":
-        fields["view"] = "saliency"
+        image = tmp_path / "notes.png"
+        image.write_bytes(b"hello, not a PNG")
+    elif case == "too wide":
+        image = tmp_path / "wide.png"
+        Image.new("RGB", (MAX_IMAGE_SIDE + 1, 4)).save(image)
     elif case == "bad threshold":
-        fields["threshold"] = "2"
-    elif case == "bad json":
-        body, headers = b"{oops", {"Content-Type": "application/json"}
-    elif case == "bad base64":
-        body = json.dumps({"image": "!!notbase64!!", "expression": "x"}).encode()
-        headers = {"Content-Type": "application/json"}
-    elif case == "plain text body":
-        body, headers = b"expression=x", {"Content-Type": "text/plain"}
-    if body is None:
-        body, headers = multipart(fields, files)
-    status, kind, raw = request(server["url"] + "/api/predict", body, headers)
-    assert status == 400 and kind.startswith("application/json")
-    error = json.loads(raw)["error"]
-    assert re.search(message, error), error
+        threshold = 1.5
+    with pytest.raises(AppError, match=message) as err:
+        segment(server, image, expression, threshold)
+    assert "/tmp" not in str(err.value)  # the message names the file, not the server's path
 
 
-def test_a_too_large_upload_is_refused_before_reading_it(server):
-    host, port = server["url"].rsplit("/", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.putrequest("POST", "/api/predict")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("Content-Length", str(10**9))
-    conn.endheaders()
-    response = conn.getresponse()
-    assert response.status == 413 and "larger than the limit" in json.loads(response.read())["error"]
-    conn.close()
-
-
-def test_the_server_binds_loopback_by_default():
+def test_the_server_binds_loopback_with_bounded_queue_and_uploads(server):
     import inspect
 
-    from step_ris import demo
+    from step_ris.cli import build_parser
 
-    assert inspect.signature(demo.serve).parameters["host"].default == "127.0.0.1"
-    assert inspect.signature(demo.make_server).parameters["host"].default == "127.0.0.1"
+    demo = server["demo"]
+    assert demo.server_name == "127.0.0.1" and server["url"].startswith("http://127.0.0.1:")
+    assert demo.share is False or demo.share is None
+    assert demo._queue.max_size == QUEUE_SIZE and demo._queue.default_concurrency_limit == demo_module.CONCURRENCY
+    assert demo.max_file_size == MAX_UPLOAD
+    assert inspect.signature(demo_module.launch).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(demo_module.serve).parameters["host"].default == "127.0.0.1"
+    args = build_parser().parse_args(["demo"])
+    assert (args.host, args.port) == ("127.0.0.1", 7860)
+    with pytest.raises(SystemExit):  # there is no public share link option
+        build_parser().parse_args(["demo", "--share"])
+    # the page is served, and only one endpoint is public
+    import urllib.request
+
+    with urllib.request.urlopen(server["url"], timeout=30) as r:
+        assert r.status == 200 and b"step-ris demo" in r.read()
+    assert list(server["client"].view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/segment"]
+
+
+def test_an_upload_over_the_size_limit_is_refused(server, tmp_path):
+    import httpx
+
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (MAX_UPLOAD + 1))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # the client reads the limit
+        segment(server, big, "the blue thing")
+    upload = server["url"] + "gradio_api/upload"  # and the server enforces it for any other client
+    answer = httpx.post(upload, files={"files": ("big.png", big.read_bytes(), "image/png")}, timeout=60)
+    assert answer.status_code == 413 and "maximum allowed size" in answer.text
+    assert httpx.post(upload, files={"files": ("small.png", b"\0" * 100, "image/png")}, timeout=60).status_code == 200
+
+
+def test_explain_picture_both_views_and_long_words_cut(predictor):
+    pytest.importorskip("matplotlib")
+    app = DemoApp(predictor)
+    long_word = "z" * 60
+    result = app.segment(SCENE.read_bytes(), f"the blue {long_word} diamond")
+    key = app.remember(result)
+    kept_prediction, small, _ = app.results.get(key)
+    assert max(map(len, kept_prediction.words)) <= MAX_WORD_CHARS
+    assert kept_prediction.words[2].endswith("…") and small.shape[:2] == result.prediction.steps.shape[1:]
+    pictures = [app.explain(key, view) for view in ("attention", "similarity")]
+    assert all(p is not None and p.width > 600 for p in pictures)
+    assert not np.array_equal(np.asarray(pictures[0]), np.asarray(pictures[1]))
+    assert app.explain("evicted-or-unknown", "attention") is None
+    with pytest.raises(ValueError, match="view must be one of"):
+        app.explain(key, "saliency")
+    assert app.latency_text(key) == result.latency_text() and app.latency_text(None) is None
+
+
+def test_a_second_expression_reuses_the_cached_image(predictor, monkeypatch):
+    app = DemoApp(predictor, cache_size=2)
+    loads = []
+    real_load = predictor.load
+    # count decodes of encoded files (predict itself may pass its array through load)
+    monkeypatch.setattr(predictor, "load", lambda data: (isinstance(data, bytes) and loads.append(1)) or
+                        real_load(data))
+    first = app.segment(SCENE.read_bytes(), "tiny rhombus")
+    second = app.segment(SCENE.read_bytes(), "medium sized thing", 0.3)
+    assert len(loads) == 1 and not first.reused and second.encode_ms == 0.0
+    assert second.prediction.threshold == 0.3
+    assert np.array_equal(second.prediction.mask, second.prediction.probability >= 0.3)
+    assert second.reused == hasattr(predictor, "encode")
+    assert "ms** for the expression" in second.latency_text()
+    # a different image is a different entry; the oldest is evicted past the capacity
+    other = io.BytesIO()
+    Image.open(demo_module.DEFAULT_EXAMPLES / "scene_2.png").save(other, format="PNG")
+    app.segment(other.getvalue(), "the blue object")
+    app.segment((demo_module.DEFAULT_EXAMPLES / "scene_3.png").read_bytes(), "big purple star")
+    assert len(app.images) == 2 and len(loads) == 3
+    app.segment(SCENE.read_bytes(), "tiny rhombus")
+    assert len(loads) == 4  # scene_1 had been evicted
+
+
+def test_lru_cache_is_bounded_and_thread_safe():
+    cache = LRUCache(3)
+    for k in "abc":
+        cache.put(k, k.upper())
+    assert cache.get("a") == "A"  # a is now the most recent
+    cache.put("d", "D")
+    assert cache.get("b") is None and cache.get("a") == "A" and len(cache) == 3
+
+    def hammer(offset):
+        for i in range(500):
+            cache.put(f"{offset}-{i % 7}", i)
+            cache.get(f"{offset}-{(i + 3) % 7}")
+
+    threads = [threading.Thread(target=hammer, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 3
+    with pytest.raises(ValueError, match="capacity"):
+        LRUCache(0)
+
+
+def test_examples_and_the_query_link(predictor, tmp_path):
+    app = DemoApp(predictor)
+    rows = app.example_rows()
+    assert len(rows) >= 4 and all(len(r) == 2 and r[1] for r in rows)
+    assert {"scene_1.png"} <= set(app.examples)
+    assert app.example_inputs({"example": "scene_1.png"}) == (str(app.examples["scene_1.png"]),
+                                                              app.suggestions["scene_1.png"][0])
+    assert app.example_inputs({"example": "scene_1.png", "expression": "tiny rhombus"})[1] == "tiny rhombus"
+    assert app.example_inputs({}) is None
+    with pytest.raises(ValueError, match="unknown example"):
+        app.example_inputs({"example": "../../etc/passwd"})
+    with pytest.raises(ValueError, match="folder not found"):
+        DemoApp(predictor, tmp_path / "nope")
+    (tmp_path / "a.png").write_bytes(SCENE.read_bytes())
+    (tmp_path / "examples.json").write_text("{not json")
+    app = DemoApp(predictor, tmp_path)  # a broken index is ignored with a warning
+    assert list(app.examples) == ["a.png"] and app.example_rows() == [[str(tmp_path / "a.png"), ""]]
+
+
+def test_gradio_is_imported_only_by_the_demo():
+    code = ("import sys, step_ris, step_ris.cli, step_ris.demo; from step_ris.cli import build_parser; "
+            "build_parser().parse_args(['predict', 'x.png', 'the red circle']); "
+            "assert 'gradio' not in sys.modules, 'gradio was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_missing_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
+    from step_ris.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # "import gradio" raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'step-ris\[demo\]'"):
+        demo_module.require_gradio()
+    assert main(["demo", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the web demo needs Gradio: pip install 'step-ris[demo]'"
+
+
+def test_port_zero_picks_a_free_port_and_a_busy_port_is_a_clear_error(server, predictor):
+    second = demo_module.build_demo(predictor)
+    with pytest.raises(ValueError, match="choose another --port"):
+        demo_module.launch(second, port=server["port"], block=False, quiet=True)
+    url = demo_module.launch(second, port=0, block=False, quiet=True)
+    try:
+        assert url.startswith("http://127.0.0.1:") and int(url.rstrip("/").rsplit(":", 1)[1]) > 0
+    finally:
+        second.close()

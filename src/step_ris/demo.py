@@ -1,364 +1,496 @@
-"""A small web demo on the standard library's ``http.server`` (no extra install).
+"""The web demo, on Gradio (``pip install 'step-ris[demo]'``).
 
     step-ris demo                      # http://127.0.0.1:7860
     step-ris demo --model runs/a/last.pt --port 8000
 
-The page lets a user upload an image or pick a bundled example, type an expression and see
-the mask, the overlay and the Figure-4 view (word attention + per-step maps P_t). Endpoints:
+The page lets a user upload an image or pick a bundled example, type an expression, set the
+threshold and see the overlay, the mask, a JSON summary with the latency, and the Figure-4
+view (word attention alpha_t of Eq. 1 or the cosine of s_t and h_j, and every step's P_t).
 
-    GET  /                  the page
-    GET  /api/info          {"model", "image_size", "threshold", "scores", "examples": [{"name", "url", "expressions"}]}
-    GET  /examples/NAME     an example image
-    POST /api/predict       multipart/form-data or JSON; fields: image (file, or base64 / data URL in JSON)
-                            or example (a name from /api/info), expression, view ("attention" or
-                            "similarity"), threshold (optional). Answer: the prediction summary and
-                            mask_png, overlay_png, explain_png (base64 PNGs; explain_png is null
-                            without matplotlib). Bad input: 400 {"error": message}.
+One API endpoint, ``/segment``: (image, expression, threshold) -> (overlay, mask, summary);
+call it with ``gradio_client`` (docs/demo.md). A second expression on the same image reuses its
+encoding: encoded images are kept in a small LRU cache keyed by a hash of the image bytes.
 
-It binds 127.0.0.1 by default: it has no authentication, so expose it (``--host 0.0.0.0``)
-only on a network you trust. Requests are served in threads; predictions run one at a time.
-Examples: the images in ``step_ris/assets/examples/`` (or ``--examples DIR``), with suggested
-expressions from an optional ``examples.json`` there (``{"file.png": ["expression", ...]}``).
+Everything a request carries is bounded: the upload's size (``MAX_UPLOAD``), the decoded
+image's side (``MAX_IMAGE_SIDE``, checked on the header before any pixel is decoded, on top of
+``Predictor.max_pixels``), the expression's length (``MAX_EXPRESSION_CHARS``, before
+tokenising), the words drawn in the Figure-4 view (``MAX_WORD_CHARS``), the requests run at once
+(``CONCURRENCY``) and waiting (``QUEUE_SIZE``). It binds 127.0.0.1 by default and never opens a
+public share link: it has no authentication, so bind another address only on a network you trust.
+
+Gradio is imported only when the demo is built: ``import step_ris`` and ``step-ris predict``
+do not need it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
+import hashlib
+import io
 import json
 import logging
+import os
 import threading
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Any
 
-from .predictor import Predictor, png_bytes
+import numpy as np
+from PIL import Image
+
+from .data.image_io import ImageError
+from .predictor import Prediction, Predictor, expression_words
 from .visualize import VIEWS, explain_figure, mask_image, overlay
+
+if TYPE_CHECKING:
+    import gradio
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD = 20 * 1024 * 1024  # bytes per request
+MAX_UPLOAD = 10 * 1024 * 1024  # bytes per uploaded file (Gradio's max_file_size)
+MAX_IMAGE_SIDE = 4096  # pixels, the longer side of an accepted image (the model reads it at S anyway)
+MAX_EXPRESSION_CHARS = 200  # characters of an expression, checked before tokenising
+MAX_WORD_CHARS = 16  # characters of a word as drawn in the Figure-4 view (longer ones are cut)
+CACHE_SIZE = 4  # encoded images kept for further expressions
+RESULT_CACHE_SIZE = 16  # recent results kept for redrawing the Figure-4 view
+CONCURRENCY = 1  # requests that run at once (one model, one CPU pool)
+QUEUE_SIZE = 16  # requests that may wait; more are refused with "queue full"
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
+INSTALL_HINT = "pip install 'step-ris[demo]'"
+CSS = """
+.step-ris-output img { image-rendering: pixelated; }
+"""
 
 
-class BadRequest(ValueError):
-    """The request cannot be answered; the message goes back to the user with a 400."""
+def require_gradio():
+    """The ``gradio`` module, or an ``ImportError`` naming the install command."""
+    try:
+        import gradio
+    except ImportError:
+        raise ImportError(f"the web demo needs Gradio: {INSTALL_HINT}") from None
+    return gradio
+
+
+# ----------------------------------------------------------------------------- the demo without the web
+
+
+class LRUCache:
+    """A thread-safe mapping that keeps the ``capacity`` most recently used entries."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity} must be >= 1")
+        self.capacity = capacity
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+@dataclass
+class _Image:
+    """A decoded image and, when the predictor can encode separately, its visual features."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    encoded: Any  # what Predictor.encode returned, or None
+    encode_ms: float  # decoding + encoding, when it was done
+
+
+@dataclass
+class Segmented:
+    """One answer of the demo.
+
+    prediction: the ``Prediction``, its mask at the requested threshold.
+    rgb: the decoded image, (H, W, 3) uint8.
+    latency_ms: the expression's time: tokenising, language encoder, STEP and the refiner over
+        the image's features (with a predictor without ``encode``: the image's encoding too).
+    encode_ms: decoding and encoding the image; 0.0 when they were reused.
+    reused: True when the image's encoding came from the cache.
+    """
+
+    prediction: Prediction
+    rgb: np.ndarray
+    latency_ms: float
+    encode_ms: float
+    reused: bool
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON answer: the prediction's summary, the latency and whether the encoding was reused."""
+        out = self.prediction.summary()
+        matched = getattr(self.prediction, "matched", None)
+        if matched is not None:
+            out["matched"] = bool(matched)
+        return {**out, "latency_ms": round(self.latency_ms, 2), "encode_ms": round(self.encode_ms, 2),
+                "encoding_reused": self.reused}
+
+    def latency_text(self) -> str:
+        """One line for the page, e.g. '12.3 ms for the expression; image encoding reused'."""
+        if self.reused:
+            how = "image encoding reused (cached)"
+        elif self.encode_ms:
+            how = f"image decoded and encoded in {self.encode_ms:.1f} ms"
+        else:
+            how = "image encoded with the expression"
+        return f"**{self.latency_ms:.1f} ms** for the expression; {how}"
 
 
 class DemoApp:
-    """What the server does, apart from HTTP: examples and predictions.
+    """What the demo does, apart from the web page: examples, input checks, caching, pictures.
 
     Args:
         predictor: the ``Predictor`` to call.
-        examples: folder of example images (None: the bundled ones, if any).
+        examples: folder of example images (None: the bundled ones), with suggested expressions
+            from an optional ``examples.json`` there (``{"file.png": ["expression", ...]}``).
+        cache_size: encoded images kept for further expressions on the same image.
     """
 
-    def __init__(self, predictor: Predictor, examples: str | Path | None = None):
+    def __init__(self, predictor: Predictor, examples: str | os.PathLike | None = None, *,
+                 cache_size: int = CACHE_SIZE):
         self.predictor = predictor
-        self.lock = threading.Lock()  # one prediction at a time: bounded memory, no thread oversubscription
-        folder = Path(examples) if examples is not None else DEFAULT_EXAMPLES
-        if examples is not None and not folder.is_dir():
-            raise ValueError(f"--examples {folder}: folder not found")
-        self.examples: dict[str, Path] = {}
-        self.suggestions: dict[str, list[str]] = {}
-        if folder.is_dir():
-            self.examples = {p.name: p for p in sorted(folder.iterdir())
-                             if p.suffix.lower() in EXAMPLE_SUFFIXES and p.is_file()}
-            index = folder / "examples.json"
-            if index.is_file():
-                try:
-                    data = json.loads(index.read_text(encoding="utf-8"))
-                    self.suggestions = {k: [str(e) for e in v] for k, v in data.items() if isinstance(v, list)}
-                except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
-                    log.warning("%s: ignored, not a JSON object of lists (%s)", index, e)
+        self.images = LRUCache(cache_size)
+        self.results = LRUCache(RESULT_CACHE_SIZE)
+        self._model_lock = threading.Lock()  # one forward pass at a time: bounded memory, no oversubscription
+        self.examples, self.suggestions = _read_examples(examples)
 
     def info(self) -> dict[str, Any]:
         return {"model": self.predictor.source, "image_size": self.predictor.image_size,
                 "threshold": self.predictor.threshold, "scores": self.predictor.scores,
-                "examples": [{"name": n, "url": f"/examples/{n}", "expressions": self.suggestions.get(n, [])}
-                             for n in self.examples]}
+                "examples": [{"name": n, "expressions": self.suggestions.get(n, [])} for n in self.examples]}
 
-    def predict(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """fields: image (bytes) or example (name), expression, view, threshold -> JSON-ready answer."""
-        expression = fields.get("expression")
-        if not isinstance(expression, str):
-            raise BadRequest("missing 'expression': type what to segment, e.g. 'the red circle on the left'")
-        view = fields.get("view") or "attention"
-        if view not in VIEWS:
-            raise BadRequest(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
-        threshold = fields.get("threshold")
-        if threshold in (None, ""):
-            threshold = self.predictor.threshold
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise BadRequest(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
-        if not 0.0 < threshold < 1.0:
-            raise BadRequest(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
-        image = fields.get("image")
-        example = fields.get("example")
-        if image:
-            source: Any = image
-        elif example:
-            if example not in self.examples:
-                raise BadRequest(f"unknown example {example!r}; choose one of: {', '.join(self.examples) or 'none'}")
-            source = self.examples[example]
-        else:
-            raise BadRequest("no image: upload one (field 'image') or pick an example (field 'example')")
-        with self.lock:
-            rgb = self.predictor.load(source)
-            prediction = self.predictor.predict(rgb, expression)
-            if threshold != prediction.threshold:
-                prediction = dataclasses.replace(prediction, mask=prediction.probability >= threshold,
-                                                 threshold=threshold)
-            try:
-                explain = png_bytes(explain_figure(prediction, rgb, view=view))
-            except ImportError as e:
-                log.warning("%s", e)
-                explain = None
-            answer = {**prediction.summary(), "view": view,
-                      "mask_png": _b64(png_bytes(mask_image(prediction.mask))),
-                      "overlay_png": _b64(png_bytes(overlay(rgb, prediction.mask))),
-                      "explain_png": _b64(explain) if explain is not None else None}
-        return answer
+    def example_rows(self) -> list[list[str]]:
+        """[image path, expression] rows for the page: every suggestion of every example."""
+        rows = []
+        for name, path in self.examples.items():
+            for expression in self.suggestions.get(name, [""]):
+                rows.append([str(path), expression])
+        return rows
 
+    def example_inputs(self, params: dict[str, str]) -> tuple[str, str] | None:
+        """(image path, expression) for a link ``/?example=NAME[&expression=TEXT]``; None without one.
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _decode_base64_image(text: str) -> bytes:
-    if text.startswith("data:"):
-        text = text.split(",", 1)[-1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("'image' must be base64 (or a data: URL) in a JSON request") from None
-
-
-def _parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
-                                                  + body)
-    if not message.is_multipart():
-        raise BadRequest("malformed multipart/form-data body")
-    fields: dict[str, Any] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
+        The expression defaults to the example's first suggestion."""
+        name = params.get("example")
         if not name:
-            continue
-        data = part.get_payload(decode=True) or b""
-        if name == "image":
-            fields[name] = data
-        else:
-            fields[name] = data.decode(part.get_content_charset() or "utf-8", errors="replace")
-    return fields
+            return None
+        if name not in self.examples:
+            raise ValueError(f"unknown example {name[:60]!r}; choose one of: {', '.join(self.examples) or 'none'}")
+        expression = params.get("expression") or (self.suggestions.get(name) or [""])[0]
+        return str(self.examples[name]), expression[:MAX_EXPRESSION_CHARS + 1]
 
+    def segment(self, image: str | os.PathLike | bytes | None, expression: Any,
+                threshold: Any = None) -> Segmented:
+        """Check the inputs, decode and encode the image (or reuse it), run the expression.
 
-def make_handler(app: DemoApp) -> type[BaseHTTPRequestHandler]:
-    """The request handler class bound to ``app``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "step-ris-demo"
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-            log.debug("%s %s", self.address_string(), format % args)
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def _json(self, status: int, obj: Any) -> None:
-            self._send(status, json.dumps(obj, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8")
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            path = urlparse(self.path).path
-            if path in ("/", "/index.html"):
-                self._send(200, PAGE.encode("utf-8"), "text/html; charset=utf-8")
-            elif path == "/api/info":
-                self._json(200, app.info())
-            elif path.startswith("/examples/") and unquote(path[len("/examples/"):]) in app.examples:
-                file = app.examples[unquote(path[len("/examples/"):])]
-                kind = {".jpg": "jpeg", ".jpeg": "jpeg"}.get(file.suffix.lower(), file.suffix.lower().lstrip("."))
-                self._send(200, file.read_bytes(), f"image/{kind}")
-            else:
-                self._json(404, {"error": f"not found: {path}"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            path = urlparse(self.path).path
-            if path != "/api/predict":
-                self._json(404, {"error": f"not found: {path}"})
-                return
+        image: a file path or the encoded bytes of an image. Raises ``ValueError`` with a
+        message for the user when an input is missing, too large or unreadable.
+        """
+        if not isinstance(expression, str):
+            raise ValueError("missing expression: type what to segment, e.g. 'the red circle on the left'")
+        if len(expression) > MAX_EXPRESSION_CHARS:
+            raise ValueError(f"the expression is {len(expression)} characters long; the demo reads at most "
+                             f"{MAX_EXPRESSION_CHARS} (and the model the first {self.predictor.max_words} words): "
+                             "shorten it")
+        expression_words(expression)  # empty, or nothing readable: fail before touching the image
+        threshold = _check_threshold(threshold, self.predictor.threshold)
+        data, name = _image_bytes(image)
+        key = hashlib.sha256(data).hexdigest()
+        cached = self.images.get(key)
+        reused = cached is not None
+        if cached is None:
+            start = time.perf_counter()
+            _check_image_side(data)
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if length < 0:
-                self._json(400, {"error": "bad Content-Length"})
-                return
-            if length > MAX_UPLOAD:
-                self.close_connection = True
-                self._json(413, {"error": f"request of {length:,} bytes is larger than the limit of "
-                                          f"{MAX_UPLOAD:,}; upload a smaller image"})
-                return
-            body = self.rfile.read(length)
-            try:
-                fields = self._fields(body)
-                answer = app.predict(fields)
-            except ValueError as e:  # BadRequest, ImageError, bad expressions
-                self._json(400, {"error": str(e)})
-                return
-            except Exception:  # noqa: BLE001 - a bug must not kill the server; the log has the traceback
-                log.exception("prediction failed")
-                self._json(500, {"error": "internal error while predicting; see the server log"})
-                return
-            self._json(200, answer)
+                rgb = self.predictor.load(data)
+            except ImageError as e:  # named "<bytes>" by image_io: say which file it was
+                raise ImageError(str(e).replace("<bytes>", name, 1)) from None
+            encoded = None
+            if hasattr(self.predictor, "encode"):
+                with self._model_lock:
+                    encoded = self.predictor.encode(rgb)
+            cached = _Image(rgb, encoded, (time.perf_counter() - start) * 1000.0)
+            self.images.put(key, cached)
+        start = time.perf_counter()
+        with self._model_lock:
+            prediction = self.predictor.predict(cached.encoded if cached.encoded is not None else cached.rgb,
+                                                expression)
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        if threshold != prediction.threshold:
+            prediction = dataclasses.replace(prediction, mask=prediction.probability >= threshold,
+                                             threshold=threshold)
+        return Segmented(prediction, cached.rgb, latency_ms, 0.0 if reused else cached.encode_ms,
+                         reused and cached.encoded is not None)
 
-        def _fields(self, body: bytes) -> dict[str, Any]:
-            content_type = self.headers.get("Content-Type", "")
-            if content_type.startswith("multipart/form-data"):
-                return _parse_multipart(content_type, body)
-            if content_type.startswith("application/json"):
-                try:
-                    fields = json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise BadRequest(f"the body is not valid JSON ({e})") from None
-                if not isinstance(fields, dict):
-                    raise BadRequest("the JSON body must be an object")
-                if isinstance(fields.get("image"), str):
-                    fields["image"] = _decode_base64_image(fields["image"])
-                elif fields.get("image") is not None:
-                    raise BadRequest("'image' must be a base64 string in a JSON request")
-                return fields
-            raise BadRequest("send multipart/form-data (a form upload) or application/json")
+    def remember(self, result: Segmented) -> str:
+        """Keep ``result`` for ``explain`` (bounded); returns its key."""
+        key = uuid.uuid4().hex
+        self.results.put(key, (*_for_explain(result.prediction, result.rgb), result.latency_text()))
+        return key
 
-        do_HEAD = do_GET
+    def latency_text(self, key: str | None) -> str | None:
+        """The latency line of a remembered result (None when it was evicted or never made)."""
+        kept = self.results.get(key) if key else None
+        return kept[2] if kept is not None else None
 
-    return Handler
+    def explain(self, key: str | None, view: str = "attention") -> Image.Image | None:
+        """The Figure-4 view of a remembered result (None when it was evicted or never made)."""
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+        kept = self.results.get(key) if key else None
+        if kept is None:
+            return None
+        prediction, small, _ = kept
+        return explain_figure(prediction, small, view=view)
 
 
-def make_server(app: DemoApp, host: str = "127.0.0.1", port: int = 7860) -> ThreadingHTTPServer:
-    """A ready server (not yet serving); port 0 picks a free port (``server.server_address[1]``)."""
-    server = ThreadingHTTPServer((host, port), make_handler(app))
-    server.daemon_threads = True
-    return server
+def _read_examples(examples: str | os.PathLike | None) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    folder = Path(examples) if examples is not None else DEFAULT_EXAMPLES
+    if examples is not None and not folder.is_dir():
+        raise ValueError(f"--examples {folder}: folder not found")
+    found: dict[str, Path] = {}
+    suggestions: dict[str, list[str]] = {}
+    if not folder.is_dir():
+        return found, suggestions
+    found = {p.name: p for p in sorted(folder.iterdir()) if p.suffix.lower() in EXAMPLE_SUFFIXES and p.is_file()}
+    index = folder / "examples.json"
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            suggestions = {k: [str(e)[:MAX_EXPRESSION_CHARS] for e in v] for k, v in data.items()
+                           if isinstance(v, list) and k in found}
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as e:
+            log.warning("%s: ignored, not a JSON object of lists (%s)", index, e)
+    return found, suggestions
+
+
+def _check_threshold(value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number between 0 and 1, got {value!r}") from None
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+    return threshold
+
+
+def _image_bytes(image: str | os.PathLike | bytes | None) -> tuple[bytes, str]:
+    """The encoded bytes of ``image`` and a name for messages (the file's name, not its server path)."""
+    if image is None or image == b"" or image == "":
+        raise ValueError("no image: upload one, or pick an example below")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data, name = bytes(image), "the image"
+    else:
+        path = Path(image)
+        name = path.name
+        try:
+            size = path.stat().st_size
+            if size > MAX_UPLOAD:
+                raise ValueError(f"the image file is {size:,} bytes, more than the demo's limit of {MAX_UPLOAD:,}; "
+                                 "upload a smaller file")
+            data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read the uploaded image ({e.strerror or e}); upload it again") from None
+    if len(data) > MAX_UPLOAD:
+        raise ValueError(f"the image is {len(data):,} bytes, more than the demo's limit of {MAX_UPLOAD:,}; "
+                         "upload a smaller file")
+    return data, name
+
+
+def _check_image_side(data: bytes) -> None:
+    """Refuse an image whose header claims a side over ``MAX_IMAGE_SIDE`` before decoding it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Exception:  # noqa: BLE001 - not an image, a bomb Pillow refuses...: load_image says which
+        return
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ValueError(f"the image is {width} x {height} pixels; the demo accepts at most {MAX_IMAGE_SIDE} "
+                         "pixels per side: shrink it first")
+
+
+def _clip_word(word: str) -> str:
+    return word if len(word) <= MAX_WORD_CHARS else word[: MAX_WORD_CHARS - 1] + "…"
+
+
+def _for_explain(prediction: Prediction, rgb: np.ndarray) -> tuple[Prediction, np.ndarray]:
+    """What the Figure-4 view needs, small: the per-step maps are at the model's resolution
+    (h, w), so the image and the (unused there) mask are kept at that size; long words are cut."""
+    h, w = prediction.steps.shape[1:]
+    small = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))  # (h, w, 3)
+    slim = dataclasses.replace(prediction, mask=np.zeros((h, w), dtype=bool),
+                               probability=np.zeros((h, w), dtype=np.float32),
+                               words=[_clip_word(x) for x in prediction.words],
+                               unknown_words=[_clip_word(x) for x in prediction.unknown_words])
+    return slim, small
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def build_demo(predictor: Predictor, examples: str | os.PathLike | None = None, *,
+               app: DemoApp | None = None) -> gradio.Blocks:
+    """The Gradio app (not launched): the page and the ``/segment`` API endpoint.
+
+    predictor: the ``Predictor`` to call; examples: folder of example images (None: the bundled
+    ones). Launch it with ``launch(demo)`` (bounded queue and upload size, 127.0.0.1).
+    """
+    gr = require_gradio()
+    app = app or DemoApp(predictor, examples)
+    model = predictor.source or "a STEP model"
+
+    def segment(image, expression, threshold):
+        """Segment what the expression refers to; returns the overlay, the mask and a JSON summary."""
+        if isinstance(image, dict):  # the upload as sent (preprocess=False): its own bytes, our own checks
+            image = image.get("path")
+        try:
+            result = app.segment(image, expression, threshold)
+        except ValueError as e:  # bad input, ImageError: the message is for the user
+            raise gr.Error(str(e), print_exception=False) from None
+        return (overlay(result.rgb, result.prediction.mask), mask_image(result.prediction.mask), result.summary(),
+                app.remember(result))
+
+    def explain(key, view):
+        """The Figure-4 view of the last result, in the chosen word view."""
+        try:
+            picture = app.explain(key, view)
+        except (ImportError, ValueError) as e:  # matplotlib missing, a bad view
+            raise gr.Error(str(e), print_exception=False) from None
+        return picture if picture is not None else gr.skip()
+
+    def show(key, view):
+        """After a segmentation: its latency line and its Figure-4 view."""
+        text = app.latency_text(key)
+        return (text if text is not None else gr.skip()), explain(key, view)
+
+    def from_query(request):
+        """``/?example=scene_1.png&expression=...``: open the page with that example segmented."""
+        try:
+            inputs = app.example_inputs(dict(request.query_params) if request is not None else {})
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        if inputs is None:
+            return (gr.skip(),) * 6
+        return inputs + segment(*inputs, predictor.threshold)
+
+    from_query.__annotations__["request"] = gr.Request  # Gradio passes the request to a parameter of this type
+
+    with gr.Blocks(title="step-ris demo", analytics_enabled=False) as demo:
+        gr.Markdown(f"## STEP: referring image segmentation\nSee-Through-Text Grouping (Chen et al., ICCV 2019). "
+                    f"Model: `{model}`. Upload an image or pick an example, type what to segment.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
+                                 height=300, elem_classes="step-ris-output")
+                expression = gr.Textbox(label="Expression", placeholder="the red circle on the left",
+                                        max_length=MAX_EXPRESSION_CHARS,
+                                        info=f"English, at most {MAX_EXPRESSION_CHARS} characters")
+                threshold = gr.Slider(0.01, 0.99, value=predictor.threshold, step=0.01, label="Threshold",
+                                      info="probability at which a pixel is in the mask")
+                view = gr.Radio([("word attention α_t (Eq. 1)", "attention"),
+                                 ("cosine of s_t and h_j (Figure 4)", "similarity")], value="attention",
+                                label="Word view of the Figure-4 picture")
+                button = gr.Button("Segment", variant="primary")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    overlay_out = gr.Image(label="overlay", format="png", interactive=False, height=300,
+                                           elem_classes="step-ris-output")
+                    mask_out = gr.Image(label="mask", format="png", interactive=False, height=300,
+                                        elem_classes="step-ris-output")
+                latency = gr.Markdown()
+                summary = gr.JSON(label="summary")
+        if app.examples:
+            gr.Examples(app.example_rows(), inputs=[image, expression], label="Examples (click one, then Segment)",
+                        examples_per_page=9)
+        explain_out = gr.Image(label="Figure-4 view: word matrix per step t, and every step's P_t", format="png",
+                               interactive=False)
+        key = gr.State(None)  # the remembered result whose Figure-4 view is shown
+
+        outputs = [overlay_out, mask_out, summary, key]
+        # preprocess=False: the function reads the uploaded file itself (Gradio has checked that it is an
+        # upload), so a file that is not an image gets our message, and the cache hashes the bytes sent
+        gr.on([button.click, expression.submit], segment, [image, expression, threshold], outputs,
+              api_name="segment", preprocess=False).success(show, [key, view], [latency, explain_out],
+                                                            api_visibility="private")
+        view.change(explain, [key, view], explain_out, api_visibility="private")
+        demo.load(from_query, None, [image, expression, *outputs], api_visibility="private").success(
+            show, [key, view], [latency, explain_out], api_visibility="private")
+    demo.step_ris_app = app  # for tests and callers that want the cache or the examples
+    return demo
+
+
+def launch(demo: gradio.Blocks, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True,
+           quiet: bool = False) -> str:
+    """Serve ``demo`` with a bounded queue and upload size; returns the local URL.
+
+    host: the address to bind (127.0.0.1: this machine only); port: 0 picks a free one.
+    block: serve until Ctrl-C; False returns at once (``demo.close()`` stops it).
+    """
+    gr = require_gradio()
+    if port == 0:  # Gradio wants a number: take one the system says is free
+        port = _free_port(host)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: the demo has no authentication; anyone who can reach this address can use it",
+                    host)
+    try:
+        _, url, _ = demo.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                                prevent_thread_lock=True, max_file_size=MAX_UPLOAD, quiet=True, ssr_mode=False,
+                                pwa=False, mcp_server=False, enable_monitoring=False, show_error=False,
+                                footer_links=["api"], css=CSS, theme=gr.themes.Default(
+                                    font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]))
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
+    if not quiet:
+        log.info("step-ris demo: %s  (Ctrl-C to stop)", url)
+    if block:
+        try:
+            demo.block_thread()
+        finally:
+            demo.close()
+    return url
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def serve(model: str = "shapes-cpu", host: str = "127.0.0.1", port: int = 7860, examples: str | None = None,
           device: str = "cpu") -> None:
     """Load ``model`` and serve the demo until Ctrl-C."""
-    app = DemoApp(Predictor.from_pretrained(model, device=device), examples)
-    try:
-        server = make_server(app, host, port)
-    except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: the demo has no authentication; anyone who can reach this address can use it",
-                    host)
-    bound_host, bound_port = server.server_address[:2]
-    log.info("step-ris demo: http://%s:%d/  (model %s; Ctrl-C to stop)",
-             "127.0.0.1" if bound_host == "0.0.0.0" else bound_host, bound_port, app.predictor.source)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    require_gradio()  # before loading the model
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    predictor = Predictor.from_pretrained(model, device=device)
+    launch(build_demo(predictor, examples), host, port)
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>step-ris demo</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
- h1 { font-size: 1.4em; margin-bottom: .2em; } .sub { color: #666; margin-top: 0; }
- form { display: grid; gap: .6em; grid-template-columns: 9em 1fr; align-items: center; max-width: 760px; }
- input[type=text] { font-size: 1.05em; padding: .3em; }
- #examples img { height: 72px; margin: 2px; border: 2px solid transparent; cursor: pointer;
-   image-rendering: pixelated; }
- #examples img.picked { border-color: #d22; }
- .suggest { cursor: pointer; color: #06c; margin-right: 1em; font-size: .9em; }
- #error { color: #b00; white-space: pre-wrap; } #meta { color: #444; font-size: .92em; }
- .row { display: flex; gap: 1em; flex-wrap: wrap; align-items: flex-start; margin-top: 1em; }
- .row figure { margin: 0; } .row img { max-width: 360px; max-height: 360px; image-rendering: pixelated; }
- #explain img { max-width: 100%; }
- figcaption { font-size: .85em; color: #555; }
-</style></head><body>
-<h1>STEP: referring image segmentation</h1>
-<p class="sub">See-Through-Text Grouping (Chen et al., ICCV 2019). Model: <code id="model">...</code></p>
-<form id="form" method="post" action="/api/predict" enctype="multipart/form-data">
- <label for="image">Upload an image</label><input id="image" name="image" type="file" accept="image/*">
- <span>or pick an example</span><div id="examples"><em>none bundled</em></div>
- <input type="hidden" name="example" id="example">
- <label for="expression">Expression</label>
- <input id="expression" name="expression" type="text" placeholder="the red circle on the left" required>
- <span></span><div id="suggestions"></div>
- <label for="view">Word view</label>
- <select id="view" name="view"><option value="attention">alpha_t of Eq. 1 (word attention)</option>
-  <option value="similarity">cosine of s_t and h_j (Figure 4)</option></select>
- <label for="threshold">Threshold</label><input id="threshold" name="threshold" type="number" min="0.01" max="0.99"
-  step="0.01" value="0.5">
- <span></span><button type="submit">Segment</button>
-</form>
-<p id="error"></p><p id="meta"></p>
-<div class="row">
- <figure><img id="overlay" alt=""><figcaption>overlay</figcaption></figure>
- <figure><img id="mask" alt=""><figcaption>mask</figcaption></figure>
-</div>
-<div class="row" id="explain">
- <figure><img id="explainimg" alt=""><figcaption id="explaincap"></figcaption></figure>
-</div>
-<script>
-const $ = (id) => document.getElementById(id);
-const esc = (s) => s.replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
-fetch("/api/info").then((r) => r.json()).then((info) => {
-  $("model").textContent = info.model;
-  $("threshold").value = info.threshold;
-  if (!info.examples.length) return;
-  $("examples").innerHTML = "";
-  for (const ex of info.examples) {
-    const img = document.createElement("img");
-    img.src = ex.url; img.title = ex.name; img.alt = ex.name;
-    img.onclick = () => {
-      document.querySelectorAll("#examples img").forEach((e) => e.classList.remove("picked"));
-      img.classList.add("picked"); $("example").value = ex.name; $("image").value = "";
-      $("suggestions").innerHTML = ex.expressions.map((e) => '<span class="suggest">' + esc(e) + "</span>").join("");
-      document.querySelectorAll(".suggest").forEach((s) => {
-        s.onclick = () => { $("expression").value = s.textContent; };
-      });
-    };
-    $("examples").appendChild(img);
-  }
-});
-$("image").onchange = () => { $("example").value = "";
-  document.querySelectorAll("#examples img").forEach((e) => e.classList.remove("picked")); };
-$("form").onsubmit = async (ev) => {
-  ev.preventDefault();
-  $("error").textContent = ""; $("meta").textContent = "segmenting...";
-  const r = await fetch("/api/predict", {method: "POST", body: new FormData($("form"))});
-  const a = await r.json();
-  if (!r.ok) { $("error").textContent = a.error; $("meta").textContent = ""; return; }
-  $("overlay").src = "data:image/png;base64," + a.overlay_png;
-  $("mask").src = "data:image/png;base64," + a.mask_png;
-  $("explainimg").src = a.explain_png ? "data:image/png;base64," + a.explain_png : "";
-  $("explaincap").textContent = a.explain_png ? "Figure-4 view" : "install matplotlib for the Figure-4 view";
-  let meta = "words read: " + a.words.join(" ") + "  |  score " + a.score.toFixed(3) + "  |  area " +
-    (100 * a.area).toFixed(1) + "%  |  " + a.width + " x " + a.height;
-  if (a.unknown_words.length) meta += "  |  unknown words (read as <unk>): " + a.unknown_words.join(", ");
-  if (a.truncated) meta += "  |  only the first " + a.words.length + " words are read";
-  $("meta").textContent = meta;
-};
-</script></body></html>
-"""
-
-__all__ = ["DemoApp", "MAX_UPLOAD", "make_handler", "make_server", "serve"]
+__all__ = ["CACHE_SIZE", "CONCURRENCY", "MAX_EXPRESSION_CHARS", "MAX_IMAGE_SIDE", "MAX_UPLOAD", "MAX_WORD_CHARS",
+           "QUEUE_SIZE", "DemoApp", "LRUCache", "Segmented", "build_demo", "launch", "require_gradio", "serve"]
