@@ -326,7 +326,9 @@ def _register_inference_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo", help="web demo: upload or pick an image, type an expression, see the mask")
+    p = sub.add_parser("demo", help="web demo: upload or pick an image, type an expression, see the mask",
+                       description="A Gradio page and API (/segment) on 127.0.0.1; needs pip install "
+                                   "'step-ris[demo]'. See docs/demo.md.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--model", default="shapes-cpu", help="bundled model name, model folder or checkpoint")

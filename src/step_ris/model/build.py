@@ -63,7 +63,13 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
 
 
 def count_parameters(model: STEPModel) -> dict[str, dict[str, int]]:
-    """Parameters per paper component: {component: {"total": n, "trainable": n}}."""
+    """Parameters and buffers per paper component, plus a ``"total"`` row.
+
+    Returns ``{component: {"total": n, "trainable": n, "frozen": n, "buffers": n}}`` where
+    ``total`` = ``trainable`` + ``frozen`` counts parameters (``requires_grad`` True / False, e.g.
+    a frozen backbone) and ``buffers`` counts the elements of the saved, non-learned tensors
+    (fixed pretrained word vectors and their ``known`` mask, BatchNorm running statistics).
+    """
     parts = {
         "visual encoder (backbone)": model.visual,
         "language encoder": model.language,
@@ -74,7 +80,21 @@ def count_parameters(model: STEPModel) -> dict[str, dict[str, int]]:
     out = {}
     for name, module in parts.items():
         params = list(module.parameters())
-        out[name] = {"total": sum(p.numel() for p in params),
-                     "trainable": sum(p.numel() for p in params if p.requires_grad)}
-    out["total"] = {k: sum(v[k] for v in out.values()) for k in ("total", "trainable")}
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        total = sum(p.numel() for p in params)
+        out[name] = {"total": total, "trainable": trainable, "frozen": total - trainable,
+                     "buffers": _saved_buffer_elements(module)}
+    out["total"] = {k: sum(v[k] for v in out.values()) for k in ("total", "trainable", "frozen", "buffers")}
     return out
+
+
+def _saved_buffer_elements(module: torch.nn.Module) -> int:
+    """Elements of the buffers in ``module.state_dict()`` (persistent ones; each tensor once)."""
+    seen: set[int] = set()
+    n = 0
+    for value in module.state_dict(keep_vars=True).values():
+        if isinstance(value, torch.nn.Parameter) or id(value) in seen:
+            continue
+        seen.add(id(value))
+        n += value.numel()
+    return n
