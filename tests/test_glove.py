@@ -142,6 +142,24 @@ def test_broken_cache_is_rebuilt(tmp_path: Path) -> None:
     _check_tiny(vocab, vectors, known)
 
 
+def test_cache_is_written_atomically_and_readable_by_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from step_ris import fileio
+
+    monkeypatch.setattr(fileio, "_cleaned", set())
+    cache = tmp_path / ".cache"
+    cache.mkdir()
+    leftover = cache / f".glove-0123.pt.{2**22 + 7}-ab12cd34.tmp"  # an interrupted earlier write (no such pid)
+    leftover.write_bytes(b"half")
+    os.utime(leftover, (1, 1))
+    umask = os.umask(0o022)
+    try:
+        load_word_vectors(_tiny_file(tmp_path), Vocabulary(WORDS), dim=4, cache_dir=tmp_path)
+    finally:
+        os.umask(umask)
+    (cache_file,) = cache.iterdir()  # the cache, and no temporary file
+    assert cache_file.name.startswith("glove-") and cache_file.stat().st_mode & 0o777 == 0o644
+
+
 def test_dimension_mismatch(tmp_path: Path) -> None:
     path = _tiny_file(tmp_path)
     with pytest.raises(GloveError, match=r"holds 4-d vectors but model.word_dim=300; set model.word_dim=4"):

@@ -25,10 +25,10 @@ needs no packed sequences, which ONNX cannot express; one expression per run.
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._extras import require
+from .fileio import atomic_write
 from .model import STEPModel
 from .text import Vocabulary
 
@@ -61,11 +63,7 @@ class OnnxGraph(nn.Module):
 
 
 def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ValueError(f"ONNX export needs the '{module}' package: pip install onnx onnxruntime "
-                         "(or pip install 'step-ris[export]')") from None
+    return require(module, extra="export", purpose="ONNX export")
 
 
 def example_inputs(vocab_size: int, image_size: int, words: int = 3, seed: int = 0
@@ -83,7 +81,7 @@ def export_onnx(model: STEPModel, out: str | Path, *, vocab: Vocabulary, image_s
     """Write ``model`` as an ONNX file at ``out`` (atomically) and return its path.
 
     With ``check`` (and onnxruntime installed) the file is run once on random inputs and its
-    logits compared with PyTorch's (``PARITY_ATOL``); a mismatch removes the file and raises.
+    logits compared with PyTorch's (``PARITY_ATOL``); on a mismatch nothing is written and it raises.
     """
     onnx = _require("onnx")
     out = Path(out)
@@ -94,44 +92,36 @@ def export_onnx(model: STEPModel, out: str | Path, *, vocab: Vocabulary, image_s
     model = model.eval().cpu()
     graph = OnnxGraph(model).eval()
     inputs = example_inputs(len(vocab), image_size)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings: the branches traced are the ones batch 1 takes
-            # dynamo=False picks the TorchScript exporter where the keyword exists (torch >= 2.5)
-            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-            torch.onnx.export(graph, inputs, str(tmp), **legacy, opset_version=opset, input_names=list(INPUTS),
-                              output_names=list(OUTPUTS), do_constant_folding=True,
-                              dynamic_axes={"tokens": {1: "words"}, "attention": {2: "words"},
-                                            "similarity": {2: "words"}})
-        proto = onnx.load(str(tmp))
-        meta = {"step_ris.vocab": json.dumps(vocab.to_list()), "step_ris.image_size": str(image_size),
-                "step_ris.max_words": str(max_words), "step_ris.inputs": ", ".join(INPUTS),
-                "step_ris.config": json.dumps(config or {}, sort_keys=True)}
-        for key, value in meta.items():
-            prop = proto.metadata_props.add()
-            prop.key, prop.value = key, value
-        proto.doc_string = "STEP referring image segmentation (Chen et al., ICCV 2019), exported by step-ris"
-        onnx.save(proto, str(tmp))
-        if check:
-            worst = check_onnx(tmp, model, inputs)
-            if worst is not None:
-                log.info("ONNX check: max |logits difference| vs PyTorch = %.2e", worst)
-        tmp.chmod(0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings: the branches traced are the ones batch 1 takes
+        # dynamo=False picks the TorchScript exporter where the keyword exists (torch >= 2.5)
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        torch.onnx.export(graph, inputs, buffer, **legacy, opset_version=opset, input_names=list(INPUTS),
+                          output_names=list(OUTPUTS), do_constant_folding=True,
+                          dynamic_axes={"tokens": {1: "words"}, "attention": {2: "words"},
+                                        "similarity": {2: "words"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    meta = {"step_ris.vocab": json.dumps(vocab.to_list()), "step_ris.image_size": str(image_size),
+            "step_ris.max_words": str(max_words), "step_ris.inputs": ", ".join(INPUTS),
+            "step_ris.config": json.dumps(config or {}, sort_keys=True)}
+    for key, value in meta.items():
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    proto.doc_string = "STEP referring image segmentation (Chen et al., ICCV 2019), exported by step-ris"
+    data = proto.SerializeToString()
+    if check:
+        worst = check_onnx(data, model, inputs)
+        if worst is not None:
+            log.info("ONNX check: max |logits difference| vs PyTorch = %.2e", worst)
+    return atomic_write(out, data)  # nothing is written when the export or the check fails
 
 
-def run_onnx(path: str | Path, image: torch.Tensor | np.ndarray, tokens: torch.Tensor | np.ndarray,
+def run_onnx(path: str | Path | bytes, image: torch.Tensor | np.ndarray, tokens: torch.Tensor | np.ndarray,
              valid_hw: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Run an exported file with onnxruntime on one input; returns the four outputs by name."""
+    """Run an exported file (or its bytes) with onnxruntime on one input; returns the four outputs by name."""
     ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=["CPUExecutionProvider"])
     feed = {name: np.asarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x)
             for name, x in zip(INPUTS, (image, tokens, valid_hw), strict=True)}
     feed["image"] = feed["image"].astype(np.float32)
@@ -140,8 +130,8 @@ def run_onnx(path: str | Path, image: torch.Tensor | np.ndarray, tokens: torch.T
     return dict(zip(OUTPUTS, session.run(list(OUTPUTS), feed), strict=True))
 
 
-def check_onnx(path: str | Path, model: STEPModel, inputs: tuple[torch.Tensor, ...]) -> float | None:
-    """Max |logits difference| between the ONNX file and PyTorch on ``inputs`` (None without onnxruntime)."""
+def check_onnx(path: str | Path | bytes, model: STEPModel, inputs: tuple[torch.Tensor, ...]) -> float | None:
+    """Max |logits difference| between the ONNX file (or bytes) and PyTorch on ``inputs`` (None without onnxruntime)."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -39,7 +39,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from ..fileio import atomic_write
 from ..text import PAD_ID, UNK_ID, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -386,16 +386,8 @@ def _read_cache(path: Path, vocab_size: int, dim: int) -> tuple[torch.Tensor, to
 
 def _write_cache(path: Path, vectors: torch.Tensor, known: torch.Tensor, source: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"format": CACHE_FORMAT, "source": source, "vectors": vectors, "known": known}, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the data root may be shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        data = {"format": CACHE_FORMAT, "source": source, "vectors": vectors, "known": known}
+        atomic_write(path, lambda f: torch.save(data, f), parents=True)  # mode 0o666 & ~umask
     except OSError as e:
         log.warning("could not write the word-vector cache %s (%s); the next run reads the source again", path,
                     e.strerror or e)

@@ -7,45 +7,64 @@ plus, for training runs, the optimiser, RNG states and metrics.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import atomic_write
+
 FORMAT = 1
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file.
+
+    Stale temporary files of interrupted saves in that folder are removed (``fileio``).
+    """
+    atomic_write(path, lambda f: torch.save(obj, f), parents=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a step-ris checkpoint safely; clear errors for a missing, corrupt or foreign file."""
+    """Read a step-ris checkpoint safely; clear errors for a missing, corrupt or foreign file.
+
+    Only tensors, numbers, strings and containers are read (``torch.load(weights_only=True)``);
+    a file holding any other Python object is refused, since unpickling it could run code.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint not found: {path} is a folder (pass its last.pt, or the folder "
+                                "where a model or run folder is accepted)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found or "weights only" in str(e).lower():
+            what = f" (it holds a {found.group(1)} object)" if found else ""
+            raise ValueError(f"{path}: refused{what}: the file contains Python objects beyond tensors, numbers, "
+                             "strings and containers, and loading it could run code. step-ris reads only "
+                             "checkpoints that hold plain data, as written by step-ris train") from None
+        raise ValueError(f"{path} is not a readable step-ris checkpoint ({e}); it may be truncated or from "
+                         "another program") from None
+    except Exception as e:  # noqa: BLE001 - any other failure means the same thing to the user
         raise ValueError(f"{path} is not a readable step-ris checkpoint ({type(e).__name__}: {e}); "
                          "it may be truncated or from another program") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a step-ris checkpoint (format {FORMAT}): "
                          "missing 'format', 'config' or 'model'")
+    for key in ("model", "config"):
+        if not isinstance(ckpt[key], dict):
+            raise ValueError(f"{path}: its '{key}' entry is a {type(ckpt[key]).__name__}, not a dict "
+                             f"({'a state dict of tensors' if key == 'model' else 'the config as a mapping'}); "
+                             "the file is not a step-ris checkpoint")
+    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: its 'model' entry is not a state dict of tensors (entry {bad[0]!r}); "
+                         "the file is not a step-ris checkpoint")
     return ckpt
 
 
@@ -81,14 +100,5 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file (UTF-8) via a temporary file and a rename (``fileio.atomic_write``)."""
+    atomic_write(path, text, parents=True)
