@@ -90,12 +90,12 @@ def _tiny_model_and_dataset(root: Path):
     return model, dataset
 
 
-def test_evaluate_with_crf_uses_the_original_photo(refcoco_mini: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_with_crf_uses_the_original_photo(refer_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("pydensecrf.densecrf")
     from step_ris.data.image_io import load_image
     from step_ris.engine.evaluate import evaluate
 
-    model, dataset = _tiny_model_and_dataset(refcoco_mini)
+    model, dataset = _tiny_model_and_dataset(refer_root)
     calls: list[tuple[int, tuple[int, ...]]] = []
     real = crf_module.dense_crf
 
@@ -114,11 +114,11 @@ def test_evaluate_with_crf_uses_the_original_photo(refcoco_mini: Path, monkeypat
     assert "crf" not in plain and plain["n"] == result["n"]
 
 
-def test_evaluate_with_crf_fails_early_without_the_package(refcoco_mini: Path,
+def test_evaluate_with_crf_fails_early_without_the_package(refer_root: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from step_ris.engine.evaluate import evaluate
 
-    model, dataset = _tiny_model_and_dataset(refcoco_mini)
+    model, dataset = _tiny_model_and_dataset(refer_root)
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     model.forward = None  # the model must not even run

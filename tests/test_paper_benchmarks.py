@@ -1,6 +1,7 @@
-"""The paper's benchmarks end to end, on small data: the command line on refcoco-mini, the data
-edge cases of real REFER folders (polygons, crowd RLE, grey / CMYK / alpha / EXIF-rotated photos),
-and the configs of Tables 2 and 3 with docs/reproduce.md."""
+"""The paper's benchmarks end to end, on small data: the command line on a REFER folder (the
+generated one, and refcoco-mini's real photos when present), the data edge cases of real REFER
+folders (polygons, crowd RLE, grey / CMYK / alpha / EXIF-rotated photos), and the configs of
+Tables 2 and 3 with docs/reproduce.md."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import REFER_FOLDERS, refer_folder
 from step_ris.cli import main
 from step_ris.config import get_preset
 from step_ris.data.dataset import ReferDataset
@@ -35,17 +38,17 @@ def _refs(root: Path) -> list[dict]:
 # ---- step-ris data check ----------------------------------------------------------------------
 
 
-def test_data_check_counts(refcoco_mini: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["data", "check", "refcoco", "--root", str(refcoco_mini)]) == 0
+def test_data_check_counts(refer_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "check", "refcoco", "--root", str(refer_root)]) == 0
     report = json.loads(capsys.readouterr().out)
-    refs = _refs(refcoco_mini)
+    refs = _refs(refer_root)
     assert report["ok"] and report["problems"] == []
-    assert report["total"] == {"refs": 8, "sentences": 16, "images": 2}  # as the fixture's README says
+    assert report["total"] == {"refs": 8, "sentences": 16, "images": 2}  # as both fixtures are made
     for split in ("train", "val", "testA", "testB"):
         mine = [r for r in refs if r["split"] == split]
         assert report["splits"][split] == {"refs": len(mine), "sentences": sum(len(r["sentences"]) for r in mine),
                                            "images": len({r["image_id"] for r in mine})}
-    assert report["refs_file"] == str(refcoco_mini / "refcoco" / "refs(unc).p")
+    assert report["refs_file"] == str(refer_root / "refcoco" / "refs(unc).p")
 
 
 def test_missing_refs_file_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -56,9 +59,9 @@ def test_missing_refs_file_names_the_path(tmp_path: Path, capsys: pytest.Capture
     assert "Traceback" not in err
 
 
-def test_missing_images_name_the_path(tmp_path: Path, refcoco_mini: Path, capsys: pytest.CaptureFixture) -> None:
+def test_missing_images_name_the_path(tmp_path: Path, refer_root: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "data"
-    shutil.copytree(refcoco_mini / "refcoco", root / "refcoco")  # annotations without images/
+    shutil.copytree(refer_root / "refcoco", root / "refcoco")  # annotations without images/
     assert main(["data", "check", "refcoco", "--root", str(root)]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"] and report["missing_images"]["count"] == 8
@@ -67,7 +70,8 @@ def test_missing_images_name_the_path(tmp_path: Path, refcoco_mini: Path, capsys
                str(tmp_path / "run"), "--iters", "1", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    missing = {str(root / "images/mscoco/images/train2014" / n) for n in ("000000142238.jpg", "000000439180.jpg")}
+    names = [im["file_name"] for im in json.loads((root / "refcoco" / "instances.json").read_text())["images"]]
+    missing = {str(root / "images/mscoco/images/train2014" / n) for n in names}
     assert any(f"image file not found: {m};" in err for m in missing), err
     assert "http://images.cocodataset.org/zips/train2014.zip" in err
 
@@ -75,70 +79,75 @@ def test_missing_images_name_the_path(tmp_path: Path, refcoco_mini: Path, capsys
 # ---- train and evaluate through the command line -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-step tiny run on refcoco-mini (module-scoped: trained once)."""
-    from conftest import REFCOCO_MINI
+class Run(NamedTuple):
+    root: Path  # the REFER root it was trained on
+    run: Path  # the run folder
 
-    if not (REFCOCO_MINI / "refcoco" / "refs(unc).p").is_file():
-        pytest.skip(f"refcoco-mini fixture not found at {REFCOCO_MINI}")
+
+@pytest.fixture(scope="module", params=REFER_FOLDERS)
+def trained_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A 4-step tiny run on each REFER folder (module-scoped: trained once per folder)."""
+    root = refer_folder(request.param, request)
     out = tmp_path_factory.mktemp("bench") / "run"
-    rc = main(["train", "--preset", "tiny", "--dataset", "refcoco", "--root", str(REFCOCO_MINI), "--out", str(out),
+    rc = main(["train", "--preset", "tiny", "--dataset", "refcoco", "--root", str(root), "--out", str(out),
                "--iters", "4", "--set", "data.val_split=val", "--set", "model.image_size=64", "--quiet"])
     assert rc == 0
-    return out
+    return Run(root, out)
 
 
-def test_train_then_eval_through_the_cli(trained_run: Path, refcoco_mini: Path, tmp_path: Path) -> None:
-    assert {p.name for p in trained_run.iterdir()} >= {"config.json", "vocab.json", "last.pt", "metrics.jsonl"}
-    config = json.loads((trained_run / "config.json").read_text())
-    assert config["data"]["dataset"] == "refcoco" and config["data"]["root"] == str(refcoco_mini)
+def test_train_then_eval_through_the_cli(trained_run: Run, tmp_path: Path) -> None:
+    data_root, run = trained_run
+    assert {p.name for p in run.iterdir()} >= {"config.json", "vocab.json", "last.pt", "metrics.jsonl"}
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["dataset"] == "refcoco" and config["data"]["root"] == str(data_root)
     assert config["model"]["image_size"] == 64 and config["train"]["iters"] == 4
-    (record,) = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 4 and record["n"] == 2  # the final evaluation on the 2 val sentences
 
     out = tmp_path / "r.json"
-    rc = main(["eval", "--checkpoint", str(trained_run / "last.pt"), "--dataset", "refcoco", "--root",
-               str(refcoco_mini), "--split", "val", "--json", str(out), "--quiet"])
+    rc = main(["eval", "--checkpoint", str(run / "last.pt"), "--dataset", "refcoco", "--root",
+               str(data_root), "--split", "val", "--json", str(out), "--quiet"])
     assert rc == 0
     result = json.loads(out.read_text())
     assert METRIC_KEYS | {"checkpoint", "config"} <= set(result)
     assert result["n"] == 2 and result["split"] == "refcoco:val"
     for k in METRIC_KEYS - {"n"}:
         assert 0.0 <= result[k] <= 1.0
-    assert result["checkpoint"]["path"] == str(trained_run / "last.pt") and len(result["checkpoint"]["sha256"]) == 64
+    assert result["checkpoint"]["path"] == str(run / "last.pt") and len(result["checkpoint"]["sha256"]) == 64
     assert result["config"] == config
     assert result["oIoU"] == pytest.approx(record["oIoU"])  # the same model scores the same
     assert "crf" not in result
 
 
-def test_eval_with_crf_through_the_cli(trained_run: Path, refcoco_mini: Path, tmp_path: Path) -> None:
+def test_eval_with_crf_through_the_cli(trained_run: Run, tmp_path: Path) -> None:
+    data_root, run = trained_run
     pytest.importorskip("pydensecrf.densecrf")
     out = tmp_path / "crf.json"
-    rc = main(["eval", "--checkpoint", str(trained_run), "--dataset", "refcoco", "--root", str(refcoco_mini),
+    rc = main(["eval", "--checkpoint", str(run), "--dataset", "refcoco", "--root", str(data_root),
                "--split", "val", "--json", str(out), "--quiet", "--crf"])
     assert rc == 0
     result = json.loads(out.read_text())
     assert METRIC_KEYS <= set(result) and result["crf"]["iters"] == 5 and result["split"] == "refcoco:val"
 
 
-def test_eval_crf_without_the_package(trained_run: Path, refcoco_mini: Path, monkeypatch: pytest.MonkeyPatch,
+def test_eval_crf_without_the_package(trained_run: Run, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture) -> None:
+    data_root, run = trained_run
     import sys
 
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    rc = main(["eval", "--checkpoint", str(trained_run), "--dataset", "refcoco", "--root", str(refcoco_mini),
+    rc = main(["eval", "--checkpoint", str(run), "--dataset", "refcoco", "--root", str(data_root),
                "--split", "val", "--quiet", "--crf"])
     err = capsys.readouterr().err
     assert rc == 2 and "pip install 'step-ris[crf]'" in err and "Traceback" not in err
 
 
-def test_eval_on_a_folder_without_images(trained_run: Path, refcoco_mini: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture) -> None:
+def test_eval_on_a_folder_without_images(trained_run: Run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data_root, run = trained_run
     root = tmp_path / "data"
-    shutil.copytree(refcoco_mini / "refcoco", root / "refcoco")
-    rc = main(["eval", "--checkpoint", str(trained_run), "--dataset", "refcoco", "--root", str(root),
+    shutil.copytree(data_root / "refcoco", root / "refcoco")
+    rc = main(["eval", "--checkpoint", str(run), "--dataset", "refcoco", "--root", str(root),
                "--split", "val", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and f"image file not found: {root / 'images/mscoco/images/train2014'}/" in err

@@ -136,14 +136,14 @@ def test_decode_segmentation_forms() -> None:
 # ---- the fixture -------------------------------------------------------------------------
 
 
-def test_fixture_samples_and_counts(refcoco_mini: Path) -> None:
-    refs = _fixture_refs(refcoco_mini)
-    data = ReferData(refcoco_mini, "refcoco")
+def test_fixture_samples_and_counts(refer_root: Path) -> None:
+    refs = _fixture_refs(refer_root)
+    data = ReferData(refer_root, "refcoco")
     for split in ("train", "val", "testA", "testB"):
         expected = [(r["ref_id"], s["sent_id"]) for r in refs if r["split"] == split for s in r["sentences"]]
         got = [(ref["ref_id"], sent["sent_id"]) for ref, sent in data.samples(split)]
         assert got == expected and got
-    report = check_dataset(refcoco_mini, "refcoco")
+    report = check_dataset(refer_root, "refcoco")
     assert report["ok"] and report["problems"] == []
     for split in ("train", "val", "testA", "testB"):
         mine = [r for r in refs if r["split"] == split]
@@ -156,8 +156,8 @@ def test_fixture_samples_and_counts(refcoco_mini: Path) -> None:
     assert report["missing_images"] == {"count": 0, "ref_ids": []}
 
 
-def test_fixture_masks_match_annotation_area(refcoco_mini: Path) -> None:
-    data = ReferData(refcoco_mini, "refcoco")
+def test_fixture_masks_match_annotation_area(refer_root: Path) -> None:
+    data = ReferData(refer_root, "refcoco")
     for ref in data.refs:
         ann = data.anns[ref["ann_id"]]
         img = data.images[ref["image_id"]]
@@ -170,7 +170,7 @@ def test_fixture_masks_match_annotation_area(refcoco_mini: Path) -> None:
     assert int(data.mask(crowd["id"]).sum()) == round(crowd["area"])
 
 
-def test_missing_files_explained(tmp_path: Path, refcoco_mini: Path) -> None:
+def test_missing_files_explained(tmp_path: Path, refer_root: Path) -> None:
     with pytest.raises(DataError, match="data root not found"):
         ReferData(tmp_path / "nowhere", "refcoco")
     with pytest.raises(DataError) as exc:
@@ -179,16 +179,16 @@ def test_missing_files_explained(tmp_path: Path, refcoco_mini: Path) -> None:
     assert "RefCOCO+" in msg and str(tmp_path / "refcoco+" / "refs(unc).p") in msg
     assert DOWNLOADS["refcoco+"] in msg and f"unzip it into {tmp_path}" in msg
     (tmp_path / "refcoco").mkdir()
-    shutil.copy(refcoco_mini / "refcoco" / "refs(unc).p", tmp_path / "refcoco")
+    shutil.copy(refer_root / "refcoco" / "refs(unc).p", tmp_path / "refcoco")
     with pytest.raises(DataError, match=r"instances.json.*not found"):
         ReferData(tmp_path, "refcoco")
     with pytest.raises(ValueError, match="without a split"):
-        ReferData(refcoco_mini, "refcoco:val")
+        ReferData(refer_root, "refcoco:val")
 
 
-def test_broken_copy_reported(tmp_path: Path, refcoco_mini: Path) -> None:
+def test_broken_copy_reported(tmp_path: Path, refer_root: Path) -> None:
     root = tmp_path / "data"
-    shutil.copytree(refcoco_mini, root)
+    shutil.copytree(refer_root, root)
     refs = _fixture_refs(root)
     data = ReferData(root, "refcoco")
     # remove the photo of the first image, and the annotation of one ref on the other image
@@ -210,30 +210,34 @@ def test_broken_copy_reported(tmp_path: Path, refcoco_mini: Path) -> None:
 # ---- the torch dataset on the fixture ------------------------------------------------------
 
 
-def test_dataset_contract(refcoco_mini: Path) -> None:
+def test_dataset_contract(refer_root: Path) -> None:
     import torch
 
     from step_ris.data.dataset import ReferDataset, build_vocab, collate
     from step_ris.data.transforms import unletterbox
-    from step_ris.text import UNK_ID
+    from step_ris.text import UNK_ID, tokenize
 
-    vocab = build_vocab(refcoco_mini, "refcoco")
+    refs = _fixture_refs(refer_root)
+    vocab = build_vocab(refer_root, "refcoco")
+    words = {split: {t for r in refs if r["split"] == split for s in r["sentences"] for t in tokenize(s["sent"])}
+             for split in ("train", "val", "testA", "testB")}
     assert "truck" in vocab and "lorry" in vocab
-    ds = ReferDataset(refcoco_mini, "refcoco", "train", vocab, image_size=64, max_words=3)
-    refs = _fixture_refs(refcoco_mini)
+    assert set(vocab.to_list()[2:]) == words["train"]  # the training split's words, nothing else
+    assert words["val"] - words["train"]  # (so the line above can fail)
+    ds = ReferDataset(refer_root, "refcoco", "train", vocab, image_size=64, max_words=3)
     assert len(ds) == sum(len(r["sentences"]) for r in refs if r["split"] == "train")
     s = ds[0]
     assert set(s) == {"image", "mask", "valid_hw", "tokens", "index", "family"}
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert s["mask"].shape == (64, 64) and set(s["mask"].unique().tolist()) <= {0.0, 1.0}
-    assert ds.orig_hw(0) == (360, 640)
+    assert ds.orig_hw(0) == (360, 640)  # both fixtures: the first ref is on a 640 x 360 photo
     assert s["valid_hw"].dtype == torch.int64 and s["valid_hw"].tolist() == [36, 64]
     assert s["tokens"].dtype == torch.int64 and 1 <= len(s["tokens"]) <= 3
     assert s["index"] == 0 and s["family"] == ""
     assert ds.sentence(0) == refs[0]["sentences"][0]["raw"]
     assert ds.meta(1) == {
-        "ref_id": 0,
-        "sent_id": 1,
+        "ref_id": refs[0]["ref_id"],
+        "sent_id": refs[0]["sentences"][1]["sent_id"],
         "image_id": refs[0]["image_id"],
         "ann_id": refs[0]["ann_id"],
         "split": "train",
@@ -247,20 +251,20 @@ def test_dataset_contract(refcoco_mini: Path) -> None:
     batch = collate([ds[i] for i in range(len(ds))])
     assert batch["tokens"].shape[0] == len(ds) and batch["image"].shape == (len(ds), 3, 64, 64)
     assert (batch["tokens"][:, 0] != 0).all() and batch["lengths"].max() == batch["tokens"].shape[1]
-    blind = ReferDataset(refcoco_mini, "refcoco:val", None, vocab, 64, blank_language=True)
+    blind = ReferDataset(refer_root, "refcoco:val", None, vocab, 64, blank_language=True)
     assert blind[0]["tokens"].tolist() == [UNK_ID]
     with pytest.raises(ValueError, match="allowed splits"):
-        ReferDataset(refcoco_mini, "refcoco", "test", vocab, 64)
+        ReferDataset(refer_root, "refcoco", "test", vocab, 64)
 
 
-def test_dataset_file_problems(tmp_path: Path, refcoco_mini: Path) -> None:
+def test_dataset_file_problems(tmp_path: Path, refer_root: Path) -> None:
     from PIL import Image
 
     from step_ris.data.dataset import ReferDataset
     from step_ris.text import Vocabulary
 
     root = tmp_path / "data"
-    shutil.copytree(refcoco_mini, root)
+    shutil.copytree(refer_root, root)
     vocab = Vocabulary(["the"])
     ds = ReferDataset(root, "refcoco", "val", vocab, 32)
     path = ds.image_path(0)
