@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ._extras import require
 from .data.image_io import ImageError
 from .predictor import Prediction, Predictor, expression_words
 from .visualize import VIEWS, explain_figure, mask_image, overlay
@@ -61,19 +62,14 @@ CONCURRENCY = 1  # requests that run at once (one model, one CPU pool)
 QUEUE_SIZE = 16  # requests that may wait; more are refused with "queue full"
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "assets" / "examples"
-INSTALL_HINT = "pip install 'step-ris[demo]'"
 CSS = """
-.step-ris-output img { image-rendering: pixelated; }
-"""
+.step-ris-picture img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+"""  # small images (ShapesRef scenes are 128 px) shown large, without blur
 
 
 def require_gradio():
-    """The ``gradio`` module, or an ``ImportError`` naming the install command."""
-    try:
-        import gradio
-    except ImportError:
-        raise ImportError(f"the web demo needs Gradio: {INSTALL_HINT}") from None
-    return gradio
+    """The ``gradio`` module, or an ``ImportError`` (``MissingExtraError``) naming the install command."""
+    return require("gradio", extra="demo", purpose="the web demo (step-ris demo)")
 
 
 # ----------------------------------------------------------------------------- the demo without the web
@@ -179,12 +175,10 @@ class DemoApp:
                 "examples": [{"name": n, "expressions": self.suggestions.get(n, [])} for n in self.examples]}
 
     def example_rows(self) -> list[list[str]]:
-        """[image path, expression] rows for the page: every suggestion of every example."""
-        rows = []
-        for name, path in self.examples.items():
-            for expression in self.suggestions.get(name, [""]):
-                rows.append([str(path), expression])
-        return rows
+        """[image path, expression] rows for the page: every suggestion of every example, taking
+        the images in turn (the first page shows each image)."""
+        lists = [[[str(path), e] for e in self.suggestions.get(name, [""])] for name, path in self.examples.items()]
+        return [rows[k] for k in range(max(map(len, lists), default=0)) for rows in lists if k < len(rows)]
 
     def example_inputs(self, params: dict[str, str]) -> tuple[str, str] | None:
         """(image path, expression) for a link ``/?example=NAME[&expression=TEXT]``; None without one.
@@ -360,7 +354,7 @@ def build_demo(predictor: Predictor, examples: str | os.PathLike | None = None, 
     """
     gr = require_gradio()
     app = app or DemoApp(predictor, examples)
-    model = predictor.source or "a STEP model"
+    model = Path(predictor.source).name if predictor.source else "a STEP model"  # not the server's path
 
     def segment(image, expression, threshold):
         """Segment what the expression refers to; returns the overlay, the mask and a JSON summary."""
@@ -404,29 +398,29 @@ def build_demo(predictor: Predictor, examples: str | os.PathLike | None = None, 
         with gr.Row():
             with gr.Column(scale=2):
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], label="Image",
-                                 height=300, elem_classes="step-ris-output")
+                                 height=280, elem_classes="step-ris-picture")
                 expression = gr.Textbox(label="Expression", placeholder="the red circle on the left",
                                         max_length=MAX_EXPRESSION_CHARS,
-                                        info=f"English, at most {MAX_EXPRESSION_CHARS} characters")
+                                        info=f"English, at most {MAX_EXPRESSION_CHARS} characters; Enter segments")
                 threshold = gr.Slider(0.01, 0.99, value=predictor.threshold, step=0.01, label="Threshold",
                                       info="probability at which a pixel is in the mask")
                 view = gr.Radio([("word attention α_t (Eq. 1)", "attention"),
                                  ("cosine of s_t and h_j (Figure 4)", "similarity")], value="attention",
                                 label="Word view of the Figure-4 picture")
                 button = gr.Button("Segment", variant="primary")
+                if app.examples:
+                    gr.Examples(app.example_rows(), inputs=[image, expression],
+                                label="Examples: click one, then Segment", examples_per_page=5)
             with gr.Column(scale=3):
                 with gr.Row():
-                    overlay_out = gr.Image(label="overlay", format="png", interactive=False, height=300,
-                                           elem_classes="step-ris-output")
-                    mask_out = gr.Image(label="mask", format="png", interactive=False, height=300,
-                                        elem_classes="step-ris-output")
+                    overlay_out = gr.Image(label="overlay", format="png", interactive=False, height=280,
+                                           elem_classes="step-ris-picture")
+                    mask_out = gr.Image(label="mask", format="png", interactive=False, height=280,
+                                        elem_classes="step-ris-picture")
                 latency = gr.Markdown()
-                summary = gr.JSON(label="summary")
-        if app.examples:
-            gr.Examples(app.example_rows(), inputs=[image, expression], label="Examples (click one, then Segment)",
-                        examples_per_page=9)
-        explain_out = gr.Image(label="Figure-4 view: word matrix per step t, and every step's P_t", format="png",
-                               interactive=False)
+                summary = gr.JSON(label="summary", open=True, max_height=300)
+        explain_out = gr.Image(label="Figure-4 view: the word matrix per step t, and every step's P_t",
+                               format="png", interactive=False)
         key = gr.State(None)  # the remembered result whose Figure-4 view is shown
 
         outputs = [overlay_out, mask_out, summary, key]
