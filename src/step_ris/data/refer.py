@@ -119,6 +119,131 @@ def load_refs(path: str | Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
+# structure of the files: every record a dict, every id an integer, each error naming file, record and field
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """Parse a JSON file (a UTF-8 byte-order mark is accepted); DataError naming the position if invalid."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}; {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the {what} as UTF-8 text ({exc}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; {fix}") from None
+
+
+def is_int(value: Any) -> bool:
+    """An integer id or size (bool excluded; a float such as 480.0 is not an id)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _records(path: Path, data: dict, key: str, required: bool) -> list:
+    if key not in data:
+        if not required:
+            return []
+        raise DataError(f"{path}: no '{key}' list; a COCO instances file has 'images', 'annotations' and "
+                        "'categories' lists")
+    records = data[key]
+    if not isinstance(records, list):
+        raise DataError(f"{path}: '{key}' must be a list of {key[:-1]} dicts, got {_type_name(records)} "
+                        f"({str(records)[:40]}); fix or re-create the file")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: {key}[{i}] must be a dict, got {_type_name(rec)}; fix or re-create the file")
+    return records
+
+
+def _need_id(path: Path, where: str, rec: dict, key: str, what: str) -> None:
+    if key not in rec:
+        raise DataError(f"{path}: {where} has no '{key}'; every {what} needs an integer '{key}' (COCO format)")
+    if not is_int(rec[key]):
+        raise DataError(f"{path}: {where} has '{key}' {rec[key]!r} ({_type_name(rec[key])}); it must be an "
+                        "integer (COCO format)")
+
+
+def _unique(path: Path, key: str, records: list[dict]) -> None:
+    seen: set[int] = set()
+    for i, rec in enumerate(records):
+        if rec["id"] in seen:
+            raise DataError(f"{path}: {key}[{i}] has a duplicate id {rec['id']}; ids must be unique within '{key}'")
+        seen.add(rec["id"])
+
+
+def validate_instances(instances: Any, path: Path) -> dict:
+    """Check the structure of a COCO instances dict (what the readers rely on); returns it.
+
+    ``images``: dicts with integer ``id``, non-empty ``file_name``, positive integer ``height`` and
+    ``width``; ``annotations``: dicts with integer ``id`` and ``image_id`` and a ``segmentation``
+    (polygon list or RLE dict); ``categories`` (optional): dicts with an integer ``id``. Ids are
+    unique. Raises :class:`DataError` naming the file, the record (``images[3]``) and the field.
+    """
+    if not isinstance(instances, dict):
+        raise DataError(f"{path}: the annotations file must be a JSON object with 'images' and 'annotations' "
+                        f"(COCO format), got {_type_name(instances)}")
+    images = _records(path, instances, "images", True)
+    for i, im in enumerate(images):
+        where = f"images[{i}]"
+        _need_id(path, where, im, "id", "image")
+        name = im.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"{path}: {where} (id {im['id']}) has no 'file_name'; give the image file's name, "
+                            "relative to the image folder")
+        for key in ("height", "width"):
+            v = im.get(key)
+            if not (is_int(v) or (isinstance(v, float) and v.is_integer())) or v <= 0:  # 480.0 is fine
+                raise DataError(f"{path}: {where} (id {im['id']}) has '{key}' {v!r}; it must be the image's "
+                                f"{key} in pixels, a positive integer")
+    _unique(path, "images", images)
+    anns = _records(path, instances, "annotations", True)
+    for i, ann in enumerate(anns):
+        where = f"annotations[{i}]"
+        _need_id(path, where, ann, "id", "annotation")
+        _need_id(path, f"{where} (id {ann['id']})", ann, "image_id", "annotation")
+        seg = ann.get("segmentation")
+        if not isinstance(seg, (list, dict)):
+            raise DataError(f"{path}: {where} (id {ann['id']}) has no 'segmentation' (got {_type_name(seg)}); give "
+                            "polygons [[x1, y1, x2, y2, ...], ...] or an RLE {\"size\": [h, w], \"counts\": ...}")
+    _unique(path, "annotations", anns)
+    for i, cat in enumerate(_records(path, instances, "categories", False)):
+        _need_id(path, f"categories[{i}]", cat, "id", "category")
+    return instances
+
+
+def load_instances(path: str | Path, fix: str = "re-download it") -> dict:
+    """Read and validate a COCO ``instances.json`` (see :func:`validate_instances`)."""
+    path = Path(path)
+    return validate_instances(read_json(path, "annotations file (instances.json)", fix), path)
+
+
+def validate_refs(refs: list[dict], path: Path) -> None:
+    """Check what the readers rely on in REFER refs; :class:`DataError` naming the ref and the field."""
+    need = ("ref_id", "ann_id", "image_id", "split", "sentences")
+    for i, ref in enumerate(refs):
+        missing = [k for k in need if k not in ref]
+        if missing:
+            raise DataError(f"{path}: ref #{i} lacks {', '.join(missing)}; not a REFER refs file?")
+        where = f"ref #{i} (ref_id {ref['ref_id']!r})"
+        for key in ("ref_id", "ann_id", "image_id"):
+            if not is_int(ref[key]):
+                raise DataError(f"{path}: {where} has '{key}' {ref[key]!r} ({_type_name(ref[key])}); it must be an "
+                                "integer: re-download the refs file")
+        if not isinstance(ref["split"], str):
+            raise DataError(f"{path}: {where} has 'split' {ref['split']!r}; it must be a string such as 'train' "
+                            f"(got {_type_name(ref['split'])}): one ref belongs to one split")
+        if not isinstance(ref["sentences"], list) or not all(isinstance(s, dict) for s in ref["sentences"]):
+            raise DataError(f"{path}: {where} has malformed 'sentences'; it must be a list of sentence dicts "
+                            "({'sent': ..., 'sent_id': ...}), got " + _type_name(ref["sentences"]))
+
+
+# --------------------------------------------------------------------------------------------
 # masks
 
 
@@ -223,27 +348,13 @@ class ReferData:
             )
         self.refs_path, self.instances_path = refs_path, inst_path
         self.refs = load_refs(refs_path)
-        self._validate_refs()
-        try:
-            instances = json.loads(inst_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{inst_path}: not a readable JSON annotations file ({exc}); re-download it") from None
-        if not isinstance(instances, dict) or not {"images", "annotations"} <= set(instances):
-            raise DataError(f"{inst_path}: expected a COCO-style dict with 'images' and 'annotations'")
+        validate_refs(self.refs, refs_path)
+        instances = load_instances(inst_path)
         self.images: dict[int, dict] = {im["id"]: im for im in instances["images"]}
         self.anns: dict[int, dict] = {a["id"]: a for a in instances["annotations"]}
         self.categories: dict[int, str] = {c["id"]: c.get("name", "") for c in instances.get("categories", [])}
         self.refs_by_id: dict[int, dict] = {r["ref_id"]: r for r in self.refs}
         log.debug("%s: %d refs, %d images, %d annotations", spec.name, len(self.refs), len(self.images), len(self.anns))
-
-    def _validate_refs(self) -> None:
-        need = ("ref_id", "ann_id", "image_id", "split", "sentences")
-        for i, ref in enumerate(self.refs):
-            missing = [k for k in need if k not in ref]
-            if missing:
-                raise DataError(f"{self.refs_path}: ref #{i} lacks {', '.join(missing)}; not a REFER refs file?")
-            if not isinstance(ref["sentences"], list) or not all(isinstance(s, dict) for s in ref["sentences"]):
-                raise DataError(f"{self.refs_path}: ref {ref['ref_id']} has malformed 'sentences'")
 
     # ---- queries -------------------------------------------------------------------------
 
