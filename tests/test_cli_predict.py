@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from step_ris import cli
-from step_ris.predictor import Predictor, write_files_atomically
+from step_ris.fileio import atomic_write_files
+from step_ris.predictor import Predictor
 from tiny_model import bomb_png, shared_tiny
 
 
@@ -105,10 +107,10 @@ def test_errors_exit_non_zero_and_leave_no_output(tiny, tmp_path, capsys, case, 
 def test_no_partial_file_when_a_write_fails(tmp_path):
     good = tmp_path / "a.png"
     with pytest.raises(FileNotFoundError):
-        write_files_atomically({good: b"first", tmp_path / "missing" / "b.png": b"second"})
+        atomic_write_files({good: b"first", tmp_path / "missing" / "b.png": b"second"})
     assert names(tmp_path) == []
     good.write_bytes(b"old")
-    write_files_atomically({good: b"new"})
+    atomic_write_files({good: b"new"})
     assert good.read_bytes() == b"new" and names(tmp_path) == ["a.png"]
 
 
@@ -185,11 +187,24 @@ def test_batch_mode_results_errors_and_resume(tiny, tmp_path, capsys, monkeypatc
     assert names(out) == sorted([by_id[i]["mask"].rsplit("/", 1)[1] for i in ("a", "b", "c/with slash", "4", "i", "ü")]
                                 + ["results.jsonl"])  # the masks, no temporary file
 
-    # everything done: a third run does nothing
+    assert [r["id"] for r in records] == ["a", "b", "c/with slash", "4", "50", "e", "7", "g", "h", "i", "ü"]
+
+    # a third run skips what is done, tries the failures again and still reports them
+    code, stdout, err = run(capsys, "predict", "--batch", pairs, "--out-dir", out, "--model", tiny["model"],
+                            "--quiet")
+    summary = json.loads(stdout)
+    assert code == 1 and "5 of 11 lines failed" in err
+    assert summary["skipped"] == 6 and summary["retried"] == 5 and summary["failed"] == 5 and summary["done"] == 0
+    assert len(results.read_text().split("\n")) == 12  # still one line per input and the final newline
+
+    # the missing image appears: the next run fixes that line only
+    shutil.copy(images[0], tmp_path / "nowhere.png")
     code, stdout, _ = run(capsys, "predict", "--batch", pairs, "--out-dir", out, "--model", tiny["model"],
                           "--quiet")
-    assert code == 0 and json.loads(stdout)["skipped"] == 11
-    assert len(results.read_text().split("\n")) == 12  # 11 lines and the final newline
+    summary = json.loads(stdout)
+    assert code == 1 and summary["failed"] == 4 and summary["done"] == 1 and summary["skipped"] == 6
+    records = [json.loads(x) for x in results.read_text().split("\n") if x]
+    assert len(records) == 11 and "error" not in {r["id"]: r for r in records}["h"]
 
 
 def test_batch_mode_argument_errors(tiny, tmp_path, capsys):
@@ -217,3 +232,89 @@ def test_export_folder_command(tiny, tmp_path, capsys):
     assert code == 2 and "--overwrite" in err
     code, _, err = run(capsys, "export", "--format", "folder", "--model", tmp_path / "no.pt", "--out", tmp_path / "x")
     assert code == 2 and "no.pt" in err and not (tmp_path / "x").exists()
+
+
+def test_lines_of_one_image_share_one_encoding_and_keep_their_order(tiny, tmp_path, capsys, monkeypatch):
+    images = sorted(tiny["images"].glob("*.png"))[:2]
+    a, b = (shutil.copy(p, tmp_path / p.name) for p in images)
+    lines = [{"id": "1", "image": a.name, "expression": "the blue thing"},
+             {"id": "2", "image": b.name, "expression": "the pink thing"},
+             {"id": "3", "image": str(a), "expression": "the big hexagon"},  # the same file, named otherwise
+             {"id": "4", "image": b.name, "expression": "the thing"},
+             {"id": "5", "image": a.name, "expression": "2nd object"}]
+    pairs = _pairs(tiny, tmp_path, lines)
+    encoded = []
+    real = Predictor.encode
+
+    def counting(self, image):
+        encoded.append(str(image))
+        return real(self, image)
+
+    monkeypatch.setattr(Predictor, "encode", counting)
+    code, stdout, _ = run(capsys, "predict", "--batch", pairs, "--out-dir", tmp_path / "o", "--model", tiny["model"],
+                          "--quiet")
+    assert code == 0 and json.loads(stdout)["done"] == 5
+    assert len(encoded) == 2  # one encoding per image, not per run of consecutive lines
+    records = [json.loads(x) for x in (tmp_path / "o" / "results.jsonl").read_text().split("\n") if x]
+    assert [r["id"] for r in records] == ["1", "2", "3", "4", "5"]  # the input order
+    # the same masks as predicting each line alone
+    predictor = Predictor.from_pretrained(tiny["model"])
+    for line, record in zip(lines, records, strict=True):
+        want = predictor.predict(tmp_path / Path(line["image"]).name, line["expression"]).mask
+        assert np.array_equal(np.asarray(Image.open(record["mask"])) > 0, want)
+
+
+def test_batch_results_file_equal_to_the_input_is_refused(tiny, tmp_path, capsys):
+    shutil.copy(tiny["image"], tmp_path / "a.png")
+    pairs = _pairs(tiny, tmp_path, [{"id": "x", "image": "a.png", "expression": "the blue thing"}])
+    before = pairs.read_bytes()
+    code, stdout, err = run(capsys, "predict", "--batch", pairs, "--out-dir", tmp_path / "o", "--results", pairs,
+                            "--model", tiny["model"])
+    assert code == 2 and "is the input file" in err and stdout == ""
+    assert pairs.read_bytes() == before and not (tmp_path / "o").exists()
+    # the same file through another path
+    (tmp_path / "link.jsonl").symlink_to(pairs)
+    code, _, err = run(capsys, "predict", "--batch", pairs, "--out-dir", tmp_path / "o", "--results",
+                       tmp_path / "link.jsonl", "--model", tiny["model"])
+    assert code == 2 and "is the input file" in err and pairs.read_bytes() == before
+    # masks that would overwrite an input image
+    code, _, err = run(capsys, "predict", "--batch", _pairs(tiny, tmp_path, [{"id": "a", "image": "a.png",
+                                                                              "expression": "the blue thing"}]),
+                       "--out-dir", tmp_path, "--model", tiny["model"])
+    assert code == 2 and "would be written to" in err and "input file" in err
+    assert (tmp_path / "a.png").read_bytes() == tiny["image"].read_bytes()
+
+
+def test_batch_file_with_a_byte_order_mark(tiny, tmp_path, capsys):
+    shutil.copy(tiny["image"], tmp_path / "a.png")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "x", "image": "a.png", "expression": "the blue thing"})
+                      .encode() + b"\n")
+    code, stdout, err = run(capsys, "predict", "--batch", pairs, "--out-dir", tmp_path / "o", "--model",
+                            tiny["model"], "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["done"] == 1
+
+
+def test_a_directory_given_as_the_image_says_so(tiny, tmp_path, capsys):
+    folder = tmp_path / "photos.png"
+    folder.mkdir()
+    code, _, err = run(capsys, "predict", folder, "the blue thing", "--model", tiny["model"])
+    assert code == 2 and "is a directory" in err and "not found" not in err
+    code, _, err = run(capsys, "predict", "--batch", folder, "--out-dir", tmp_path / "o", "--model", tiny["model"])
+    assert code == 2 and "is a directory" in err
+    pairs = _pairs(tiny, tmp_path, [{"id": "d", "image": "photos.png", "expression": "the blue thing"}])
+    code, _, _ = run(capsys, "predict", "--batch", pairs, "--out-dir", tmp_path / "o", "--model", tiny["model"],
+                     "--quiet")
+    record = json.loads((tmp_path / "o" / "results.jsonl").read_text())
+    assert code == 1 and "is a directory" in record["error"]
+
+
+def test_predictor_predict_jsonl_is_a_deprecated_alias(tiny, tmp_path):
+    from step_ris import batch, predictor
+
+    shutil.copy(tiny["image"], tmp_path / "a.png")
+    pairs = _pairs(tiny, tmp_path, [{"id": "x", "image": "a.png", "expression": "the blue thing"}])
+    with pytest.warns(DeprecationWarning, match="step_ris.batch"):
+        summary = predictor.predict_jsonl(Predictor.from_pretrained(tiny["model"]), pairs, tmp_path / "o")
+    assert summary["done"] == 1 and batch.predict_jsonl.__module__ == "step_ris.batch"

@@ -39,10 +39,10 @@ def scene(tiny, size=None) -> Image.Image:
 # ----------------------------------------------------------------------------- model folders
 
 
-def test_model_folder_has_the_four_files_and_matches_the_checkpoint(tiny):
+def test_model_folder_has_its_files_and_matches_the_checkpoint(tiny):
     folder = tiny["model"]
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "scores.json",
-                                                        "vocab.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                        "scores.json", "vocab.json"]
     assert json.loads((folder / "config.json").read_text())["name"] == "tiny"
     assert json.loads((folder / "vocab.json").read_text())[:2] == ["<pad>", "<unk>"]
     assert json.loads((folder / "scores.json").read_text())["note"] == "untrained"
@@ -330,3 +330,54 @@ def test_explain_figure(tiny, predictor, view):
     buf = io.BytesIO()
     figure.save(buf, format="PNG")
     assert Image.open(io.BytesIO(buf.getvalue())).size == figure.size
+
+
+# ----------------------------------------------------------------------------- image sessions (encode once)
+
+
+def test_encoded_image_equals_a_full_forward(tiny, predictor):
+    from step_ris.data.transforms import letterbox_image, unletterbox
+    from step_ris.predictor import EncodedImage
+
+    image = scene(tiny, (90, 52))
+    encoded = predictor.encode(image)
+    assert isinstance(encoded, EncodedImage)
+    assert encoded.size == (52, 90) and encoded.valid_hw == valid_extent((52, 90), 64) and encoded.image_size == 64
+    assert encoded.scale == 64 / 90
+    expressions = ["the blue square", "the big pink hexagon on the left of the thing", "zorglub", "2nd object",
+                   "the thing", "little orange shape to the right", "the one on the bottom", "the plus sign",
+                   "big diamond"]  # more than batch_size: two chunks over one encoding
+    from_encoded = predictor.predict(encoded, expressions)
+    for e, p in zip(expressions, from_encoded, strict=True):
+        full = predictor.predict(image, e)  # decodes and encodes the image again
+        assert np.abs(p.probability - full.probability).max() < 1e-5
+        np.testing.assert_allclose(p.steps, full.steps, atol=1e-5)
+        np.testing.assert_allclose(p.attention, full.attention, atol=1e-5)
+        assert p.words == full.words
+    # and the plain model forward from the letterboxed pixels, no precomputed features at all
+    rgb = predictor.load(image)
+    tensor, (h, w) = letterbox_image(rgb, 64)
+    for e, p in zip(expressions[:3], from_encoded[:3], strict=True):
+        tokens = torch.tensor([predictor.prepare(e).ids])
+        with torch.no_grad():
+            logits = predictor.model(tensor.unsqueeze(0), tokens, torch.tensor([[h, w]])).logits
+        want = unletterbox(torch.sigmoid(logits)[:, 0], (h, w), (52, 90))[0].clamp(0, 1).numpy()
+        assert np.abs(p.probability - want).max() < 1e-5
+    assert predictor.predict(encoded, "the blue square").mask.shape == (52, 90)  # reusable, nothing consumed
+
+
+def test_encoding_is_stateless_and_tied_to_its_model(tiny, predictor):
+    a, b = scene(tiny, (64, 40)), scene(tiny, (40, 64))
+    enc_a = predictor.encode(a)
+    enc_b = predictor.encode(b)  # encoding b does not replace a
+    np.testing.assert_allclose(predictor.predict(enc_a, "the blue thing").probability,
+                               predictor.predict(a, "the blue thing").probability, atol=1e-5)
+    assert predictor.predict(enc_b, "the blue thing").mask.shape == (64, 40)
+    assert predictor.encode(enc_a) is enc_a
+    other = Predictor.from_pretrained(tiny["model"])
+    with pytest.raises(ValueError, match="another predictor"):
+        other.predict(enc_a, "the blue thing")
+    with pytest.raises(ValueError, match="not an image"):
+        predictor.encode(np.zeros((4, 4, 7), np.uint8))
+    with pytest.raises(ValueError, match="EncodedImage"):
+        predictor.predict_prepared("scene.png", [predictor.prepare("the blue thing")])

@@ -177,9 +177,8 @@ _EXTRA_COMMANDS: list = []
 
 # ----------------------------------------------------------------------------- inference: predict, demo, export
 
-_IMAGE_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".jpg": "JPEG",
-                  ".jpeg": "JPEG"}
-_LOSSY = (".jpg", ".jpeg")
+from .fileio import IMAGE_FORMATS as _IMAGE_FORMATS  # noqa: E402 - the one encoder's formats
+from .fileio import LOSSY_SUFFIXES as _LOSSY  # noqa: E402
 
 
 def _check_output(path: str | None, flag: str, inputs: list[Path]) -> Path | None:
@@ -202,19 +201,14 @@ def _check_output(path: str | None, flag: str, inputs: list[Path]) -> Path | Non
 
 
 def _image_bytes(image, path: Path) -> bytes:
-    import io
+    from .fileio import image_bytes
 
-    from PIL import Image
-
-    img = Image.fromarray(image) if not isinstance(image, Image.Image) else image
-    buf = io.BytesIO()
-    img.save(buf, format=_IMAGE_FORMATS[path.suffix.lower()], **({"lossless": True} if path.suffix.lower() == ".webp"
-                                                                  else {}))
-    return buf.getvalue()
+    return image_bytes(image, path.suffix.lower())
 
 
 def cmd_predict(args) -> int:
-    from .predictor import Predictor, expression_words, predict_jsonl, write_files_atomically
+    from .fileio import atomic_write_files
+    from .predictor import Predictor, expression_words
 
     if args.batch:
         stray = [f for f, v in (("IMAGE", args.image), ("--out", args.out), ("--overlay", args.overlay),
@@ -223,8 +217,16 @@ def cmd_predict(args) -> int:
             raise ValueError(f"--batch takes its images and expressions from the JSONL file; drop {', '.join(stray)}")
         if not args.out_dir:
             raise ValueError("--batch needs --out-dir DIR (where the masks and results.jsonl go)")
+        from .batch import predict_jsonl, results_path
+
+        if Path(args.batch).is_dir():
+            raise ValueError(f"--batch {args.batch} is a directory; give the JSONL file")
         if not Path(args.batch).is_file():
             raise ValueError(f"--batch {args.batch}: file not found")
+        try:
+            results_path(args.batch, args.out_dir, args.results)  # refused before the model loads
+        except ValueError as e:
+            raise ValueError(f"--results: {e}") from None
         predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
         summary = predict_jsonl(predictor, args.batch, args.out_dir, args.results, progress=not args.quiet)
         print(json.dumps(summary, indent=2))
@@ -241,6 +243,8 @@ def cmd_predict(args) -> int:
         raise ValueError("--out-dir and --results belong to --batch mode; use --out for one image")
     expression_words(args.expression)  # fail before loading the model
     image = Path(args.image)
+    if image.is_dir():
+        raise ValueError(f"{image}: is a directory, not an image file")
     if not image.is_file():
         raise ValueError(f"{image}: image file not found")
     outputs = {flag: _check_output(value, flag, [image]) for flag, value in
@@ -249,10 +253,9 @@ def cmd_predict(args) -> int:
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError("--out, --overlay and --explain must be different files")
     if outputs["--explain"] is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ValueError("--explain draws with matplotlib: pip install matplotlib") from None
+        from ._extras import require
+
+        require("matplotlib", extra="viz", purpose="--explain (the Figure-4 view)")
 
     predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
     rgb = predictor.load(image)
@@ -268,7 +271,7 @@ def cmd_predict(args) -> int:
     if outputs["--explain"] is not None:
         figure = explain_figure(prediction, rgb, view=args.view)
         files[outputs["--explain"]] = _image_bytes(figure, outputs["--explain"])
-    write_files_atomically(files)
+    atomic_write_files(files)
     print(json.dumps({**prediction.summary(), "image": str(image), "model": predictor.source,
                       "files": {flag.lstrip("-"): str(p) for flag, p in outputs.items() if p is not None}},
                      ensure_ascii=False, indent=2))

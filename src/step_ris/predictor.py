@@ -8,34 +8,32 @@ a user should not have to repeat, and the CLI and the web demo call only it.
     pred.mask             # (H, W) bool at the image's original size
     preds = predictor.predict("scene.png", ["the red circle", "the blue square"])  # image encoded once
 
+    encoded = predictor.encode("scene.png")        # the image-only work, done once (stateless:
+    predictor.predict(encoded, "the red circle")    # nothing is stored in the predictor)
+    predictor.predict(encoded, "the square left of it")
+
 Expressions are tokenised like the training data (``text.tokenize``: lower case, accents folded
 to ASCII, words of ``[a-z0-9]``) and cut to the model's ``max_words`` (20) with a warning.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
-import re
-import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from tqdm import tqdm
 
 from .data.image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .data.transforms import letterbox_image, unletterbox
+from .fileio import atomic_write_files, png_bytes
 from .model import STEPModel
+from .model.step import ImageEncoding
 from .text import UNK_ID, Vocabulary, tokenize
-from .visualize import mask_image
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +103,33 @@ class Query:
     truncated: bool
 
 
+@dataclass(frozen=True, eq=False)
+class EncodedImage:
+    """An image encoded once for any number of expressions (``Predictor.encode``).
+
+    ``Predictor.predict`` accepts it wherever it accepts an image; the results equal those of
+    predicting from the image itself. It holds no pixels, only what the model needs.
+
+    size: (H, W) of the decoded image (EXIF orientation applied): the size of every mask.
+    valid_hw: (h, w) of the resized image inside the S x S letterbox (the rest is padding).
+    image_size: S.
+    encoding: the model's ``ImageEncoding`` (batch 1, on the predictor's device): the visual
+        maps, phi of Eq. 2 per level and the image side of Eq. 1.
+    model_id: ``id`` of the model that made it (an encoding only fits its own model).
+    """
+
+    size: tuple[int, int]
+    valid_hw: tuple[int, int]
+    image_size: int
+    encoding: ImageEncoding = field(repr=False)
+    model_id: int = field(repr=False, default=0)
+
+    @property
+    def scale(self) -> float:
+        """Letterbox resize factor: S / max(H, W)."""
+        return self.image_size / max(self.size)
+
+
 def expression_words(expression: str) -> list[str]:
     """The tokens of ``expression`` (``text.tokenize``); ``ValueError`` when there are none."""
     if not isinstance(expression, str):
@@ -156,7 +181,7 @@ class Predictor:
     def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu", *,
                         threshold: float = THRESHOLD, batch_size: int = 8,
                         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
-        """A predictor for a bundled model name, a model folder, a run folder or a checkpoint.
+        """A predictor for a bundled model name, a model folder, a run folder, a checkpoint or ``hf-hub:org/name``.
 
         See ``pretrained.load_pretrained`` for what ``name_or_path`` may be; the other
         arguments are the constructor's.
@@ -169,6 +194,12 @@ class Predictor:
                         threshold=threshold, batch_size=batch_size, max_pixels=max_pixels)
         predictor.source, predictor.scores, predictor.config = loaded.source, loaded.scores, loaded.config
         return predictor
+
+    def save_pretrained(self, out_dir: str | os.PathLike, **kwargs) -> os.PathLike:
+        """Write this predictor's model as a model folder (``pretrained.save_pretrained``)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, out_dir, **kwargs)
 
     # ------------------------------------------------------------------------- inputs
 
@@ -193,14 +224,37 @@ class Predictor:
         """Decode ``image`` (path, bytes, PIL image or array) to (H, W, 3) uint8 RGB (``data.image_io``)."""
         return load_image(image, max_pixels=self.max_pixels)
 
+    def encode(self, image: ImageSource | EncodedImage) -> EncodedImage:
+        """Decode, letterbox and encode ``image`` once; ``predict`` then runs any expression on it.
+
+        Stateless (in the spirit of segment-anything's ``set_image``, but returned, not stored):
+        keep the result as long as you need it, for as many images as you like.
+        """
+        if isinstance(image, EncodedImage):
+            self._check_encoded(image)
+            return image
+        rgb = self.load(image)
+        tensor, (h, w) = letterbox_image(rgb, self.image_size)  # (3, S, S), valid extent
+        with torch.inference_mode():
+            encoding = self.model.encode(tensor.unsqueeze(0).to(self.device))  # batch 1
+        return EncodedImage(size=(int(rgb.shape[0]), int(rgb.shape[1])), valid_hw=(h, w),
+                            image_size=self.image_size, encoding=encoding, model_id=id(self.model))
+
+    def _check_encoded(self, encoded: EncodedImage) -> None:
+        if encoded.model_id != id(self.model) or encoded.image_size != self.image_size:
+            raise ValueError("this EncodedImage was made by another predictor's model; encode the image with "
+                             "this predictor (predictor.encode(image))")
+
     # ------------------------------------------------------------------------- inference
 
-    def predict(self, image: ImageSource, expression: str | Sequence[str]) -> Prediction | list[Prediction]:
+    def predict(self, image: ImageSource | EncodedImage, expression: str | Sequence[str]
+                ) -> Prediction | list[Prediction]:
         """Segment what ``expression`` refers to in ``image``.
 
+        ``image``: a path, bytes, PIL image, array, or an ``EncodedImage`` from ``encode``.
         ``expression`` may be one string (returns a ``Prediction``) or a list of strings
         (returns a list, in order): the image is decoded and encoded once and the expressions
-        run in batches of ``batch_size`` over the shared visual features.
+        run in batches of ``batch_size`` over the shared image encoding.
         """
         single = isinstance(expression, str)
         expressions = [expression] if single else list(expression) if isinstance(expression, Sequence) else None
@@ -214,22 +268,24 @@ class Predictor:
                 queries.append(self.prepare(e))
             except ValueError as err:
                 raise (err if single else ValueError(f"expression {k + 1} of {len(expressions)}: {err}")) from None
-        predictions = self.predict_prepared(self.load(image), queries)
+        predictions = self.predict_prepared(self.encode(image), queries)
         return predictions[0] if single else predictions
 
-    def predict_prepared(self, rgb: np.ndarray, queries: Sequence[Query]) -> list[Prediction]:
-        """``predict`` for a decoded image (``load``) and checked expressions (``prepare``).
-
-        rgb: (H, W, 3) uint8. The image is encoded once for all ``queries``.
+    def predict_prepared(self, image: np.ndarray | EncodedImage, queries: Sequence[Query]) -> list[Prediction]:
+        """``predict`` for a decoded image (``load``, (H, W, 3) uint8) or an ``EncodedImage``, and checked
+        expressions (``prepare``). The image is encoded once for all ``queries``.
         """
-        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError("predict_prepared needs an (H, W, 3) uint8 array; decode with Predictor.load")
-        H, W = rgb.shape[:2]
+        if not isinstance(image, EncodedImage):
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError("predict_prepared needs an (H, W, 3) uint8 array (Predictor.load) or an "
+                                 "EncodedImage (Predictor.encode)")
+            image = self.encode(image)
+        self._check_encoded(image)
+        H, W = image.size
+        h, w = image.valid_hw
         size = self.image_size
-        tensor, (h, w) = letterbox_image(rgb, size)  # (3, S, S), valid extent
         out: list[Prediction] = []
         with torch.inference_mode():
-            features = self.model.encode_image(tensor.unsqueeze(0).to(self.device))  # 5 x (1, C_l + 8, h_l, w_l)
             for start in range(0, len(queries), self.batch_size):
                 chunk = queries[start: start + self.batch_size]
                 length = max(len(q.ids) for q in chunk)
@@ -237,8 +293,8 @@ class Predictor:
                 for row, q in enumerate(chunk):
                     tokens[row, : len(q.ids)] = torch.tensor(q.ids)
                 valid = torch.tensor([[h, w]], dtype=torch.int64).expand(len(chunk), 2)  # (B, 2)
-                result = self.model(None, tokens.to(self.device), valid.to(self.device), features=features,
-                                    return_intermediates=True)
+                result = self.model(None, tokens.to(self.device), valid.to(self.device), features=image.encoding,
+                                    return_intermediates=True)  # the batch-1 encoding is broadcast to B
                 probs = torch.sigmoid(result.logits.float())[:, 0].cpu()  # (B, S, S)
                 prob = unletterbox(probs, (h, w), (H, W)).clamp_(0, 1).numpy()  # (B, H, W)
                 steps = F.interpolate(result.step_logits.float(), size=(size, size), mode="bilinear",
@@ -257,209 +313,23 @@ class Predictor:
         return out
 
 
-# ----------------------------------------------------------------------------- files
+# ----------------------------------------------------------------------------- moved elsewhere (aliases)
+
+write_files_atomically = atomic_write_files  # the one atomic writer lives in step_ris.fileio
 
 
-def write_files_atomically(files: dict[str | os.PathLike, bytes]) -> None:
-    """Write every ``path: content`` to a temporary file beside it, then rename them all.
+def predict_jsonl(*args, **kwargs) -> dict:
+    """Deprecated alias of ``step_ris.batch.predict_jsonl`` (batch mode moved to ``step_ris.batch``)."""
+    warnings.warn("step_ris.predictor.predict_jsonl moved to step_ris.batch.predict_jsonl", DeprecationWarning,
+                  stacklevel=2)
+    from .batch import predict_jsonl as run
 
-    Nothing is renamed until every temporary file is complete, so an error (full disk, missing
-    folder, Ctrl-C) leaves no partial output file, old files untouched.
-    """
-    staged: list[tuple[str, Path]] = []
-    try:
-        for path, data in files.items():
-            path = Path(path)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def png_bytes(image: Image.Image | np.ndarray) -> bytes:
-    """Encode a PIL image or a uint8 array as PNG."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- batch mode (JSONL)
-
-
-@dataclass
-class _Item:
-    line: int
-    id: str
-    image: str = ""
-    expression: str = ""
-    error: str = ""
-
-
-def _read_pairs(pairs: Path) -> list[_Item]:
-    if not pairs.is_file():
-        raise ValueError(f"{pairs}: input file not found (expected JSON lines: "
-                         '{"image": PATH, "expression": TEXT, "id": OPTIONAL})')
-    items: list[_Item] = []
-    seen: dict[str, int] = {}
-    try:
-        lines = pairs.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028
-    except UnicodeDecodeError:
-        raise ValueError(f"{pairs}: not a UTF-8 text file (expected JSON lines)") from None
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        item = _Item(line=n, id=str(n))
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            item.error = f"line {n} is not valid JSON ({e.msg})"
-            obj = None
-        if obj is not None and not isinstance(obj, dict):
-            item.error, obj = f"line {n} is not a JSON object", None
-        if obj is not None:
-            if "id" in obj:
-                if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool) or str(obj["id"]) == "":
-                    raise ValueError(f"{pairs}:{n}: 'id' must be a non-empty string or an integer")
-                item.id = str(obj["id"])
-            image, expression = obj.get("image"), obj.get("expression")
-            item.image = image if isinstance(image, str) else ""
-            item.expression = expression if isinstance(expression, str) else ""
-            if not isinstance(image, str) or not image:
-                item.error = f"line {n}: 'image' must be a path (a non-empty string)"
-            elif not isinstance(expression, str):
-                item.error = f"line {n}: 'expression' must be a string"
-        if item.id in seen:
-            raise ValueError(f"{pairs}: id {item.id!r} is used on lines {seen[item.id]} and {n}; ids must be "
-                             "unique (results are matched to inputs by id)")
-        seen[item.id] = n
-        items.append(item)
-    return items
-
-
-def _done_ids(results: Path) -> set[str]:
-    """Ids already in ``results``; a last line cut by an interruption is removed first."""
-    if not results.is_file():
-        return set()
-    data = results.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        log.warning("%s: removing an incomplete last line (the previous run was interrupted)", results)
-        with open(results, "r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
-    done = set()
-    for n, raw in enumerate(data.decode("utf-8", errors="replace").split("\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-            done.add(str(record["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s:%d: not a result line, ignored", results, n)
-    return done
-
-
-def _mask_names(ids: list[str]) -> dict[str, str]:
-    """A distinct, file-system safe PNG name per id."""
-    safe = {i: (re.sub(r"[^A-Za-z0-9._-]", "_", i)[:100].lstrip(".") or "id") for i in ids}
-    counts: dict[str, int] = {}
-    for name in safe.values():
-        counts[name.lower()] = counts.get(name.lower(), 0) + 1
-    return {i: (f"{n}-{hashlib.sha1(i.encode()).hexdigest()[:8]}" if counts[n.lower()] > 1 or n != i else n) + ".png"
-            for i, n in safe.items()}
-
-
-def predict_jsonl(predictor: Predictor, pairs: str | os.PathLike, out_dir: str | os.PathLike,
-                  results: str | os.PathLike | None = None, *, progress: bool = False) -> dict:
-    """Batch mode: one mask per line of ``pairs``, one result line per input, resumable.
-
-    Each input line is ``{"image": path, "expression": text, "id": optional}`` (the id defaults to
-    the line number; relative image paths are relative to the folder of ``pairs``). For each
-    line, ``<out_dir>/<id>.png`` (0/255 mask at the image's size, written atomically) and a line of
-    ``results`` (default ``<out_dir>/results.jsonl``, appended and flushed line by line):
-    ``{"id", "image", "expression", "mask", "score", "area", "words", "unknown_words", "truncated",
-    "height", "width"}``, or ``{"id", "image", "expression", "error"}`` when that line failed.
-    Ids already in ``results`` are skipped, so running the same command again after an
-    interruption finishes the job. Consecutive lines with the same image share one encoding.
-
-    Returns ``{"total", "done", "skipped", "failed", "results", "out_dir"}``.
-    """
-    pairs, out_dir = Path(pairs), Path(out_dir)
-    items = _read_pairs(pairs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results = Path(results) if results is not None else out_dir / "results.jsonl"
-    done = _done_ids(results)
-    names = _mask_names([it.id for it in items])
-    todo = [it for it in items if it.id not in done]
-    counts = {"total": len(items), "done": 0, "skipped": len(items) - len(todo), "failed": 0}
-    if counts["skipped"]:
-        log.info("%s: %d of %d lines already done, skipped", results, counts["skipped"], len(items))
-
-    def resolve(image: str) -> Path:
-        p = Path(image).expanduser()
-        return p if p.is_absolute() else pairs.parent / p
-
-    with open(results, "a", encoding="utf-8") as sink, \
-            tqdm(total=len(todo), desc="predict", unit="line", disable=not progress) as bar:
-
-        def emit(item: _Item, record: dict) -> None:
-            base = {"id": item.id, "image": item.image, "expression": item.expression}
-            sink.write(json.dumps({**base, **record}, ensure_ascii=False) + "\n")
-            sink.flush()
-            os.fsync(sink.fileno())
-            counts["failed" if "error" in record else "done"] += 1
-            bar.update(1)
-
-        k = 0
-        while k < len(todo):
-            item = todo[k]
-            if item.error:
-                emit(item, {"error": item.error})
-                k += 1
-                continue
-            group = [item]  # consecutive lines on the same image
-            while k + len(group) < len(todo) and not todo[k + len(group)].error \
-                    and todo[k + len(group)].image == item.image:
-                group.append(todo[k + len(group)])
-            k += len(group)
-            try:
-                rgb = predictor.load(resolve(item.image))
-            except ValueError as e:
-                for it in group:
-                    emit(it, {"error": str(e)})
-                continue
-            ready: list[tuple[_Item, Query]] = []
-            for it in group:
-                try:
-                    ready.append((it, predictor.prepare(it.expression)))
-                except ValueError as e:
-                    emit(it, {"error": str(e)})
-            for start in range(0, len(ready), predictor.batch_size):
-                chunk = ready[start: start + predictor.batch_size]
-                predictions = predictor.predict_prepared(rgb, [q for _, q in chunk])
-                for (it, _), pred in zip(chunk, predictions, strict=True):
-                    mask_path = out_dir / names[it.id]
-                    write_files_atomically({mask_path: png_bytes(mask_image(pred.mask))})
-                    summary = pred.summary()
-                    emit(it, {"mask": str(mask_path), **{key: summary[key] for key in (
-                        "score", "area", "words", "unknown_words", "truncated", "height", "width")}})
-    return {**counts, "results": str(results), "out_dir": str(out_dir)}
+    return run(*args, **kwargs)
 
 
 def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-__all__ = ["THRESHOLD", "Prediction", "Predictor", "Query", "expression_words", "png_bytes", "predict_jsonl",
-           "write_files_atomically"]
+__all__ = ["THRESHOLD", "EncodedImage", "Prediction", "Predictor", "Query", "expression_words", "png_bytes",
+           "predict_jsonl", "write_files_atomically"]

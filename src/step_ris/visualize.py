@@ -9,7 +9,7 @@
   1), or ``view="similarity"``, the cosine of s_t and h_j (the reading of the Figure 4
   caption). The figure's caption names the view it shows.
 
-``explain_figure`` draws with matplotlib (``pip install matplotlib``; off-screen, thread-safe:
+``explain_figure`` draws with matplotlib (``pip install 'step-ris[viz]'``; off-screen, thread-safe:
 no pyplot state), the rest with numpy and Pillow only.
 """
 
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image
 
+from ._extras import require
 from .data.image_io import ImageSource, load_image
 
 if TYPE_CHECKING:
@@ -98,13 +99,11 @@ def explain_figure(prediction: Prediction, image: ImageSource, view: View = "att
     """
     if view not in VIEWS:
         raise ValueError(f"view={view!r}; choose 'attention' (alpha of Eq. 1) or 'similarity' (cosine of s_t, h_j)")
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("explain_figure draws with matplotlib: pip install matplotlib") from None
+    require("matplotlib", extra="viz", purpose="explain_figure (the Figure-4 view)")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
 
     rgb = load_image(image)
     if rgb.shape[:2] != prediction.size:
