@@ -268,3 +268,23 @@ def test_port_zero_picks_a_free_port_and_a_busy_port_is_a_clear_error(server, pr
         assert url.startswith("http://127.0.0.1:") and int(url.rstrip("/").rsplit(":", 1)[1]) > 0
     finally:
         second.close()
+
+
+def test_a_predictor_without_encode_still_works(predictor):
+    class WithoutEncode:  # a predictor of the image-in API only
+        def __init__(self, inner):
+            self.inner = inner
+            self.threshold, self.max_words = inner.threshold, inner.max_words
+
+        def load(self, image):
+            return self.inner.load(image)
+
+        def predict(self, image, expression):
+            assert not hasattr(image, "encoding"), "the demo must pass pixels to a predictor without encode"
+            return self.inner.predict(image, expression)
+
+    app = DemoApp(WithoutEncode(predictor))
+    first = app.segment(SCENE.read_bytes(), "tiny rhombus")
+    second = app.segment(SCENE.read_bytes(), "tiny rhombus")
+    assert not first.reused and not second.reused and "encoded with the expression" in second.latency_text()
+    assert np.array_equal(second.prediction.mask, predictor.predict(SCENE, "tiny rhombus").mask)

@@ -169,11 +169,6 @@ class DemoApp:
         self._model_lock = threading.Lock()  # one forward pass at a time: bounded memory, no oversubscription
         self.examples, self.suggestions = _read_examples(examples)
 
-    def info(self) -> dict[str, Any]:
-        return {"model": self.predictor.source, "image_size": self.predictor.image_size,
-                "threshold": self.predictor.threshold, "scores": self.predictor.scores,
-                "examples": [{"name": n, "expressions": self.suggestions.get(n, [])} for n in self.examples]}
-
     def example_rows(self) -> list[list[str]]:
         """[image path, expression] rows for the page: every suggestion of every example, taking
         the images in turn (the first page shows each image)."""
@@ -190,7 +185,7 @@ class DemoApp:
         if name not in self.examples:
             raise ValueError(f"unknown example {name[:60]!r}; choose one of: {', '.join(self.examples) or 'none'}")
         expression = params.get("expression") or (self.suggestions.get(name) or [""])[0]
-        return str(self.examples[name]), expression[:MAX_EXPRESSION_CHARS + 1]
+        return str(self.examples[name]), expression  # segment checks its length
 
     def segment(self, image: str | os.PathLike | bytes | None, expression: Any,
                 threshold: Any = None) -> Segmented:
