@@ -12,7 +12,8 @@ exports, masks and pictures) goes through ``atomic_write``, ``atomic_write_files
 
 Files are created with the default mode (``0o666`` less the umask, usually ``0o644``),
 folders with ``0o777`` less the umask: what ``open()`` and ``mkdir`` would make, not the
-private ``0o600`` of ``tempfile.mkstemp``.
+private ``0o600`` of ``tempfile.mkstemp`` (``atomic_folder`` also resets the files written
+inside it by other libraries to these modes).
 
 A process killed in the middle (SIGKILL, power loss) leaves its temporary file behind. The
 next write into that folder removes such leftovers: entries matching the pattern above whose
@@ -133,6 +134,12 @@ def _write_temp(path: Path, content: Content) -> Path:
     return tmp
 
 
+def _umask() -> int:
+    current = os.umask(0o022)  # the only portable way to read it
+    os.umask(current)
+    return current
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort; not every OS can open a folder)."""
     with contextlib.suppress(OSError):
@@ -210,9 +217,13 @@ def atomic_folder(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     os.mkdir(tmp, 0o777)
     try:
         yield tmp
-        for file in tmp.rglob("*"):
-            if file.is_file():
-                with open(file, "rb+") as f:
+        umask = _umask()
+        for entry in tmp.rglob("*"):  # whatever wrote them (safetensors makes 0o600 files): default modes
+            if entry.is_dir():
+                entry.chmod(0o777 & ~umask)
+            elif entry.is_file():
+                entry.chmod(0o666 & ~umask)
+                with open(entry, "rb+") as f:
                     os.fsync(f.fileno())
         if path.exists():
             old = temp_name(path, old=True)
