@@ -59,6 +59,13 @@ def cmd_data_check(args) -> int:
     return 0 if report.get("ok") else 1
 
 
+def cmd_data_convert_shapesref(args) -> int:
+    from .data.jsonl import convert_refer_to_jsonl
+
+    print(json.dumps(convert_refer_to_jsonl(args.root, args.dataset, args.out), indent=2, sort_keys=True))
+    return 0
+
+
 def _config_for_run(args):
     """Config of a train command: the preset + overrides, or the saved one when resuming."""
     from .config import ExperimentConfig, apply_overrides, get_preset, read_json
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("data", help="datasets: generate ShapesRef, check a REFER folder")
+    p = sub.add_parser("data", help="datasets: generate ShapesRef, check a dataset folder, convert to jsonl")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     q = data_sub.add_parser("shapesref", help="generate the ShapesRef benchmark in the REFER layout")
     q.add_argument("--out", required=True, help="output folder (the REFER root)")
@@ -133,16 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace an earlier ShapesRef output in --out")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_data_shapesref)
-    q = data_sub.add_parser("check", help="verify a REFER dataset folder and count images, refs, sentences")
-    q.add_argument("dataset", help="refcoco, refcoco+, refcocog, refcocog-umd, refclef, shapesref, shapesref+")
-    q.add_argument("--root", required=True, help="data root holding the REFER layout")
+    q = data_sub.add_parser("check", help="verify a dataset folder and count images, refs, sentences")
+    q.add_argument("dataset", help="refcoco, refcoco+, refcocog, refcocog-umd, refclef, shapesref, shapesref+, "
+                                   "or jsonl (your own data: instances.json + refs.jsonl + images/)")
+    q.add_argument("--root", required=True, help="data root holding the REFER layout (jsonl: the folder itself)")
     q.set_defaults(func=cmd_data_check)
+    q = data_sub.add_parser("convert-shapesref", help="write a ShapesRef set in the jsonl layout (your-own-data form)")
+    q.add_argument("--root", required=True, help="the ShapesRef output folder (step-ris data shapesref --out)")
+    q.add_argument("--out", required=True, help="new folder: instances.json, refs.jsonl, images/")
+    q.add_argument("--dataset", choices=("shapesref", "shapesref+"), default="shapesref",
+                   help="which expressions (default shapesref)")
+    q.set_defaults(func=cmd_data_convert_shapesref)
 
     p = sub.add_parser("train", help="train STEP (single process, or under torchrun)")
     p.add_argument("--preset", default=None, help="named config (default shapes-cpu; with --resume: the run's own)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
-    p.add_argument("--dataset", help="dataset name (data.dataset), e.g. shapesref or refcoco")
+    p.add_argument("--dataset", help="dataset name (data.dataset), e.g. shapesref, refcoco or jsonl (your own data)")
     p.add_argument("--root", help="data root (data.root)")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics, TensorBoard logs")
     p.add_argument("--iters", type=int, help="training steps (train.iters)")
@@ -154,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a checkpoint on a dataset split (oIoU, mIoU, prec@X)")
     p.add_argument("--checkpoint", required=True, help="a run's last.pt, or a model folder / name")
-    p.add_argument("--dataset", required=True, help="dataset name, e.g. shapesref or refcoco")
+    p.add_argument("--dataset", required=True, help="dataset name, e.g. shapesref, refcoco or jsonl (your own data)")
     p.add_argument("--root", required=True, help="data root")
     p.add_argument("--split", required=True, help="split name, e.g. val, testA, testB")
     p.add_argument("--json", help="also write the results as JSON to this file")

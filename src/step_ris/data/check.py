@@ -21,10 +21,17 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
     (``{count, ref_ids}``, ids capped at ``max_listed``; an image is missing when its file is
     absent or its id is not in instances.json), ``problems`` (human-readable lines) and ``ok``.
 
+    For the ``jsonl`` layout also ``invalid_lines`` (``{count, errors}``: the number of unusable
+    lines, and their errors ``{line, field, message}``, capped at ``max_listed``; a line may have
+    several); invalid lines are left out of the counts and make ``ok``
+    false, and only an empty ``train`` split is a problem (unused splits are normal there).
+
     Raises:
-        DataError: the refs or instances file is missing or unreadable.
+        DataError: the refs or instances file is missing, unreadable or malformed (the message names
+            the file, the record and the field).
     """
-    data = ReferData(root, dataset)
+    line_errors: list = []
+    data = ReferData(root, dataset, line_errors=line_errors)
     spec = data.spec
     splits: dict[str, dict[str, set | int]] = {}
     for s in spec.splits:
@@ -42,7 +49,7 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
             exists[iid] = iid in data.images and data.image_path(iid).is_file()
         if not exists[iid]:
             missing_img.append(ref["ref_id"])
-        if ref["ann_id"] not in data.anns:
+        if not data.has_ann(ref["ann_id"]):
             missing_ann.append(ref["ref_id"])
     out_splits = {
         s: {"refs": c["refs"], "sentences": c["sentences"], "images": len(c["images"])} for s, c in splits.items()
@@ -70,9 +77,18 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
         problems.append(f"{len(missing_ann)} ref(s) point to annotations absent from {data.instances_path}")
     if unknown:
         problems.append(f"refs file has split values not used by {spec.name}: {', '.join(unknown)}")
-    empty = [s for s in spec.splits if out_splits[s]["refs"] == 0]
+    empty = [s for s in spec.splits if out_splits[s]["refs"] == 0 and (spec.layout != "jsonl" or s == "train")]
     if empty:
         problems.append(f"no refs in split(s): {', '.join(empty)}")
+    bad_lines = len({e.line for e in line_errors})
+    if line_errors:
+        problems.append(f"{bad_lines} line(s) of {data.refs_path} cannot be used and are left out:")
+        problems += [f"  {e.format(data.refs_path)}" for e in line_errors[:max_listed]]
+        if len(line_errors) > max_listed:
+            problems.append(f"  ... and {len(line_errors) - max_listed} more")
+    extra = {}
+    if spec.layout == "jsonl":
+        extra["invalid_lines"] = {"count": bad_lines, "errors": [e._asdict() for e in line_errors[:max_listed]]}
     return {
         "dataset": spec.name,
         "title": spec.title,
@@ -85,6 +101,7 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
         "unknown_splits": unknown,
         "missing_images": {"count": len(missing_img), "ref_ids": missing_img[:max_listed]},
         "missing_annotations": {"count": len(missing_ann), "ref_ids": missing_ann[:max_listed]},
+        **extra,
         "problems": problems,
-        "ok": not (missing_img or missing_ann),
+        "ok": not (missing_img or missing_ann or line_errors),
     }

@@ -75,11 +75,11 @@ def _resolve(dataset: str, split: str | None) -> tuple[str, str]:
 
 
 class ReferDataset(Dataset):
-    """(image, sentence, mask) samples of one split of a REFER dataset.
+    """(image, sentence, mask) samples of one split of a REFER dataset (or of a ``jsonl`` folder).
 
     Args:
-        root: data root holding the REFER layout.
-        dataset: dataset name (``refcoco``, ``refcoco+``, ``refcocog``, ``refclef``, ...); a
+        root: data root holding the REFER layout (``jsonl``: the folder with instances.json and refs.jsonl).
+        dataset: dataset name (``refcoco``, ``refcoco+``, ``refcocog``, ``refclef``, ``jsonl``, ...); a
             ``name:split`` form is accepted when ``split`` is None.
         split: split name (``train``, ``val``, ``testA``, ...).
         vocab: word vocabulary used to encode the sentences.
@@ -138,7 +138,7 @@ class ReferDataset(Dataset):
 
     def _check(self, check_files: bool) -> None:
         refs = {id(s.ref): s.ref for s in self.samples}.values()
-        no_ann = [r["ref_id"] for r in refs if r["ann_id"] not in self.data.anns]
+        no_ann = [r["ref_id"] for r in refs if not self.data.has_ann(r["ann_id"])]
         if no_ann:
             raise DataError(
                 f"{len(no_ann)} ref(s) of {self.dataset_name}:{self.split} point to annotations absent from "

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
+from .._extras import lazy_module
 from .errors import DataError
 from .registry import (
     ALIASES,
@@ -43,6 +43,8 @@ from .registry import (
     get_spec,
     parse_dataset_name,
 )
+
+mask_utils = lazy_module("pycocotools.mask", extra="data", purpose="decoding REFER masks")
 
 __all__ = [
     "ALIASES",
@@ -314,17 +316,23 @@ class Sample(NamedTuple):
 
 
 class ReferData:
-    """Refs + ``instances.json`` of one REFER dataset under ``root``.
+    """Refs + ``instances.json`` of one dataset under ``root`` (REFER layout, or the ``jsonl`` layout).
 
     Attributes:
         spec: the dataset's :class:`DatasetSpec`.
-        refs: every ref, in file order.
+        refs: every ref, in file order (``jsonl``: one ref per line, ``ref_id`` = line number).
         images: ``image_id -> image dict`` (``file_name``, ``height``, ``width``, ...).
-        anns: ``ann_id -> annotation dict``.
+        anns: ``ann_id -> annotation dict`` (the annotations of ``instances.json``).
+        virtual_anns: ``id -> union annotation`` (``jsonl`` lines with several ``ann_ids``; negative
+            ids, ``{"id", "image_id", "ann_ids", ...}``); empty for REFER data.
         categories: ``category_id -> name``.
+
+    ``line_errors``: for ``jsonl`` data, a list that receives a :class:`~step_ris.data.jsonl.LineError`
+    for every unusable line (those lines are left out); without it the first bad lines raise a
+    :class:`DataError`. ``step-ris data check`` passes one to report every line.
     """
 
-    def __init__(self, root: str | Path, dataset: str):
+    def __init__(self, root: str | Path, dataset: str, *, line_errors: list | None = None):
         spec, split = parse_dataset_name(dataset)
         if split is not None:
             raise ValueError(
@@ -347,14 +355,34 @@ class ReferData:
                 f"{spec.annotations_help.format(root=self.root)}"
             )
         self.refs_path, self.instances_path = refs_path, inst_path
-        self.refs = load_refs(refs_path)
-        validate_refs(self.refs, refs_path)
-        instances = load_instances(inst_path)
+        if spec.layout == "jsonl":
+            instances = load_instances(inst_path, fix="fix the file (docs/data.md, 'Your own data')")
+        else:
+            self.refs = load_refs(refs_path)
+            validate_refs(self.refs, refs_path)
+            instances = load_instances(inst_path)
         self.images: dict[int, dict] = {im["id"]: im for im in instances["images"]}
         self.anns: dict[int, dict] = {a["id"]: a for a in instances["annotations"]}
         self.categories: dict[int, str] = {c["id"]: c.get("name", "") for c in instances.get("categories", [])}
+        self.virtual_anns: dict[int, dict] = {}
+        if spec.layout == "jsonl":
+            self._read_jsonl(line_errors)
         self.refs_by_id: dict[int, dict] = {r["ref_id"]: r for r in self.refs}
         log.debug("%s: %d refs, %d images, %d annotations", spec.name, len(self.refs), len(self.images), len(self.anns))
+
+    def _read_jsonl(self, line_errors: list | None) -> None:
+        from .jsonl import parse_refs_jsonl
+
+        parsed = parse_refs_jsonl(self.refs_path, self.images, self.anns, self.spec.splits)
+        self.refs, self.virtual_anns = parsed.refs, parsed.virtual_anns
+        if line_errors is not None:
+            line_errors.extend(parsed.errors)
+        elif parsed.errors:
+            shown = "; ".join(e.format(self.refs_path) for e in parsed.errors[:3])
+            more = f" (and {len(parsed.errors) - 3} more)" if len(parsed.errors) > 3 else ""
+            lines = len({e.line for e in parsed.errors})
+            raise DataError(f"{lines} line(s) of {self.refs_path} cannot be used: {shown}{more}; fix them "
+                            f"(step-ris data check jsonl --root {self.root} lists every one)")
 
     # ---- queries -------------------------------------------------------------------------
 
@@ -373,10 +401,16 @@ class ReferData:
         except KeyError:
             raise DataError(f"image id {image_id} is not in {self.instances_path}") from None
 
+    def has_ann(self, ann_id: int) -> bool:
+        """Whether ``ann_id`` is an annotation of ``instances.json`` or a union annotation."""
+        return ann_id in self.anns or ann_id in self.virtual_anns
+
     def ann(self, ann_id: int) -> dict:
         try:
             return self.anns[ann_id]
         except KeyError:
+            if ann_id in self.virtual_anns:
+                return self.virtual_anns[ann_id]
             raise DataError(f"annotation id {ann_id} is not in {self.instances_path}") from None
 
     def image_path(self, image_id: int) -> Path:
@@ -387,9 +421,14 @@ class ReferData:
         return f"image file not found: {self.image_path(image_id)}; {self.spec.images_help.format(root=self.root)}"
 
     def mask(self, ann: dict | int) -> np.ndarray:
-        """uint8 ``(H, W)`` mask in {0, 1} of an annotation (dict or id), at the image's size."""
+        """uint8 ``(H, W)`` mask in {0, 1} of an annotation (dict or id), at the image's size.
+
+        A union annotation (:attr:`virtual_anns`) gives the union of its ``ann_ids``' masks.
+        """
         if not isinstance(ann, dict):
             ann = self.ann(ann)
+        if ann.get("id") in self.virtual_anns and "ann_ids" in ann:
+            return np.maximum.reduce([self.mask(a) for a in ann["ann_ids"]])
         img = self.image_info(ann["image_id"])
         try:
             return decode_segmentation(ann["segmentation"], int(img["height"]), int(img["width"]))

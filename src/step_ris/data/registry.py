@@ -12,10 +12,13 @@ refcocog-umd  refcocog/refs(umd).p             images/mscoco/images/train2014   
 refclef       refclef/refs(berkeley).p         images/saiapr_tc-12               train val test trainval
 shapesref     shapesref/refs(unc).p            images/shapesref                  train val testA testB
 shapesref+    shapesref+/refs(unc).p           images/shapesref                  train val testA testB
+jsonl         refs.jsonl                       images                            train val test testA testB
 ============  ===============================  ================================  =========================
 
-``referit`` is an alias of ``refclef``; ``trainval`` (refclef) is train + val. Where to
-download each file is in :data:`DOWNLOADS` and ``docs/data.md``.
+``referit`` is an alias of ``refclef``, ``coco-jsonl`` of ``jsonl``; ``trainval`` (refclef, jsonl)
+is train + val. ``jsonl`` is a plain layout for one's own data (``<root>/instances.json``,
+``<root>/refs.jsonl``, ``<root>/images/``; :mod:`step_ris.data.jsonl`). Where to download each
+file is in :data:`DOWNLOADS` and ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class DatasetSpec:
     annotations_help: str
     images_help: str
     composite_splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    layout: str = "refer"  # "refer": a refs pickle; "jsonl": one JSON line per expression (step_ris.data.jsonl)
 
     @property
     def all_splits(self) -> tuple[str, ...]:
@@ -91,6 +95,14 @@ _COCO_IMAGES = (
 _SHAPES_HELP = (
     "ShapesRef is generated locally, not downloaded: run step-ris data shapesref --out {root} --images 2000 "
     "--seed 0 (docs/shapesref.md)"
+)
+
+JSONL_SPLITS: tuple[str, ...] = ("train", "val", "test", "testA", "testB")
+"""The split values a line of a ``jsonl`` dataset may carry."""
+_JSONL_HELP = (
+    "a 'jsonl' data root holds instances.json (COCO images, annotations, categories), refs.jsonl (one "
+    '{{"image_id": ..., "ann_id": ..., "sentence": ..., "split": ...}} per line) and images/; see docs/data.md '
+    "('Your own data'), or make one from ShapesRef with step-ris data convert-shapesref"
 )
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -168,10 +180,23 @@ DATASETS: dict[str, DatasetSpec] = {
             _SHAPES_HELP,
             _SHAPES_HELP,
         ),
+        DatasetSpec(
+            "jsonl",
+            "your own data (COCO instances.json + refs.jsonl)",
+            "",
+            "refs.jsonl",
+            "images",
+            JSONL_SPLITS,
+            _JSONL_HELP,
+            "put the images in {root}/images/, named as the 'file_name' of instances.json (docs/data.md)",
+            {"trainval": ("train", "val")},
+            layout="jsonl",
+        ),
     )
 }
 
-ALIASES: dict[str, str] = {"referit": "refclef", "refcocog-google": "refcocog", "refclef-berkeley": "refclef"}
+ALIASES: dict[str, str] = {"referit": "refclef", "refcocog-google": "refcocog", "refclef-berkeley": "refclef",
+                          "coco-jsonl": "jsonl"}
 
 
 def dataset_names() -> list[str]:
