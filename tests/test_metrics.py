@@ -1,4 +1,4 @@
-"""Metrics of spec section 10 on hand-computed cases."""
+"""Metrics of the paper's Sec. 4 on hand-computed cases."""
 
 from __future__ import annotations
 

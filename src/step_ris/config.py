@@ -24,17 +24,18 @@ Fusion = Literal["step", "concat-conv"]
 Norm = Literal["none", "layer"]
 FirstStep = Literal["final-state", "uniform"]
 Encoder = Literal["bilstm", "lstm"]
-QNorm = Literal["none", "max"]
+QNorm = Literal["none", "max", "minmax"]
+Init = Literal["pytorch", "xavier", "xavier-positive-bias", "data"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The STEP network. Defaults are the paper's (Sec. 3, spec sections 2-7)."""
+    """The STEP network. Defaults are the paper's (Sec. 3; readings in docs/model.md)."""
 
     # Visual representation (Sec. 3.1)
     backbone: Backbone = "resnet101"
     backbone_weights: str | None = None  # None | "imagenet" | "deeplabv3-coco" | path to a state dict
-    freeze_backbone: bool = False  # paper: whole network trainable (spec section 8)
+    freeze_backbone: bool = False  # paper: whole network trainable (Sec. 3.6)
     image_size: int = 320  # S
     # Textual representation (Sec. 3.2)
     word_vectors: str = "learned"  # "learned" | "glove-6b-50d" | path to a GloVe text/zip file
@@ -52,11 +53,16 @@ class ModelConfig:
     embed_dim: int = 1000
     embed_kernel: int = 3  # 3x3 atrous (rate 3); 1: the 1x1 switch
     embed_dilation: int = 3
-    embed_norm: Norm = "none"  # "layer": per-sample normalisation of the pre-activations (spec 5)
+    embed_norm: Norm = "none"  # "layer": per-sample normalisation of the pre-activations (docs/model.md, choice 7)
     shared_text_embedding: bool = True  # one psi for all levels
     q_scale: float = 1.0  # Q_t multiplied by this before the refiner (1 = literal Eq. 4)
     q_leak: float = 0.0  # slope of Eq. 4's max(0, .) below 0 (0 = literal ReLU; > 0 keeps gradients alive)
-    q_norm: QNorm = "none"  # "max": Q_t divided by its maximum over the image's valid cells first
+    q_norm: QNorm = "none"  # "max": divided by its peak (floored); "minmax": valid cells mapped to [0, 1]
+    # Initialisation and gradient switches (docs/recipes.md, "Why literal Eq. 4 dies"). None changes Eqs. 2-4.
+    embed_init: Init = "pytorch"  # W_v, W_s of Eqs. 2-3: PyTorch's default, Glorot/Xavier, Xavier + bias 0.1,
+    # or "data": standardised on the first training batch (CoEmbedding.standardise_)
+    refiner_input_gain: float = 1.0  # multiplies the initial ConvRNN input weights W^* (Eqs. 5-8)
+    feedback_grad: bool = True  # False: P_{t-1} enters Eq. 1 without gradient (diagnostic)
     # Top-down refinement, Eqs. 5-9
     cell: Cell = "convlstm"
     filters: int = 32
@@ -89,7 +95,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     poly_power: float = 0.9
     warmup_iters: int = 0
-    loss_all_steps: bool = False  # supervise every P_t, not only P_T (spec section 7)
+    loss_all_steps: bool = False  # supervise every P_t, not only P_T (docs/model.md, choice 13)
     dice_weight: float = 0.0  # add Dice to BCE when > 0
     amp: bool = False  # bf16 autocast (CPU and GPU)
     grad_clip: float = 0.0  # 0 = off
@@ -100,8 +106,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop (and save) after this many training minutes (0 = no limit)
     checkpoint_every: int = 500
     eval_samples: int = 0  # 0 = whole val split
+    eval_seed: int = 0  # which val subset (fixed across training seeds, so runs compare on the same expressions)
     threads: int = 0  # torch CPU threads, 0 = torch's default
     cache_features: bool = True  # frozen backbone: keep its features on disk under <data.root>/.cache
+    diagnostics: bool = False  # log Eq. 4 health and gradient norms every log_every steps (engine/diagnostics.py)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,30 @@ PRESETS: dict[str, ExperimentConfig] = {
             iters=16_000, batch_size=16, lr=1e-3, weight_decay=0.0, loss_all_steps=True,
             dice_weight=1.0, warmup_iters=200, log_every=20, eval_every=0, eval_every_minutes=5.0,
             checkpoint_every=250, eval_samples=1000,
+        ),
+    ),
+    # The paper's STEP at CPU scale (docs/recipes.md): every paper switch of paper-1fold (literal
+    # Eqs. 2-4, ConvLSTM, K = 1, GloVe + biLSTM, BCE on P_T only, Adam with weight decay 5e-4 and
+    # poly decay), differing only in scale: frozen EfficientNet-Lite0 taps, S = 128, small widths.
+    "shapes-paper": ExperimentConfig(
+        name="shapes-paper",
+        model=ModelConfig(
+            backbone="efficientnet_lite0",
+            backbone_weights="imagenet",
+            freeze_backbone=True,
+            image_size=128,
+            word_vectors="glove-6b-50d",
+            word_dim=50,
+            lstm_hidden=128,
+            attention_dim=64,
+            embed_dim=128,
+            cell="convlstm",
+            filters=32,
+        ),
+        data=DataConfig(dataset="shapesref", root="data/shapesref-cpu"),
+        train=TrainConfig(
+            iters=3_750, batch_size=16, lr=2.5e-4, weight_decay=5e-4, log_every=25, eval_every=625,
+            checkpoint_every=250, eval_samples=1000, diagnostics=True,
         ),
     ),
     # Tiny network for tests and smoke runs: random ResNet-18, 64 px, seconds on a CPU.

@@ -12,7 +12,7 @@ Default parameters (:data:`DEFAULT_PARAMS`) are the ones of the referring-segmen
 codebases the paper compares with: RMI (Liu et al. 2017, TF-phrasecut) and RRN (Li et al. 2018)
 use, for their "+DCRF" results, a Gaussian (smoothness) kernel with ``sxy=3, compat=3``, a
 bilateral (appearance) kernel with ``sxy=20, srgb=3, compat=10`` and 5 mean-field iterations.
-Those codebases ran the CRF on the 320 x 320 network input; here (spec section 10) it runs at
+Those codebases ran the CRF on the 320 x 320 network input; here (docs/model.md, choice 16) it runs at
 the image's original resolution, so ``sxy`` is in original pixels (about twice as narrow,
 relative to a COCO photo, as in those codebases). Every parameter is a keyword argument.
 """

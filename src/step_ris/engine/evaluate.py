@@ -1,4 +1,4 @@
-"""Evaluation at the images' original resolution (spec sections 1 and 10).
+"""Evaluation at the images' original resolution (Sec. 4; docs/model.md, choice 16).
 
 Each prediction is cropped to its valid extent, resized bilinearly to the image's H x W,
 thresholded at 0.5 and compared with the original mask. Beside the model, three non-learned

@@ -1,4 +1,4 @@
-"""Losses (Eq. 11 and the optional switches of spec section 7). Pure functions of tensors."""
+"""Losses (Eq. 11 and the optional switches of docs/model.md, choice 13). Pure functions of tensors."""
 
 from __future__ import annotations
 

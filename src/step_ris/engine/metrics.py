@@ -1,4 +1,4 @@
-"""Segmentation metrics of spec section 10.
+"""Segmentation metrics of the paper's Sec. 4 (read in docs/model.md, "Metrics").
 
 - ``oIoU`` (overall IoU) = sum of intersections / sum of unions over all samples. The STEP
   paper calls this number "mIoU"; it is reported here as ``oIoU`` to avoid the ambiguity.

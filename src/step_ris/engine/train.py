@@ -35,6 +35,7 @@ from ..data.refer import ReferData
 from ..model import STEPModel, build_model
 from ..text import Vocabulary
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
+from .diagnostics import gradient_norms, heatmap_stats
 from .evaluate import evaluate, format_results, subset_indices
 from .features import CachedSamples, FeatureCache, cache_path, collate_cached
 from .losses import segmentation_loss
@@ -193,7 +194,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if world > 1 else model
 
     cache = val_cache = None
-    eval_idx = subset_indices(len(val_set), t.eval_samples, t.seed) if val_set is not None else []
+    eval_idx = subset_indices(len(val_set), t.eval_samples, t.eval_seed) if val_set is not None else []
     if cfg.model.freeze_backbone:
         folder = Path(cfg.data.root) / ".cache"
         cache = FeatureCache(model.visual.backbone, train_set, device=device, progress=progress and rank == 0,
@@ -201,7 +202,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
         if val_set is not None:
             val_cache = FeatureCache(model.visual.backbone, val_set, device=device, indices=eval_idx,
                                      progress=progress and rank == 0,
-                                     cache_file=cache_path(folder, cfg.model, val_set, f"eval{t.eval_samples}-{t.seed}")
+                                     cache_file=cache_path(folder, cfg.model, val_set,
+                                                           f"eval{t.eval_samples}-{t.eval_seed}")
                                      if t.cache_features else None)
         source, collate_fn = CachedSamples(train_set, cache), collate_cached
     else:
@@ -209,6 +211,10 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     sampler = StepBatchSampler(len(source), t.batch_size, step, t.iters, seed=t.seed, world=world, rank=rank)
     loader = DataLoader(source, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.data.workers,
                         persistent_workers=False)
+
+    if cfg.model.embed_init == "data" and ckpt is None:
+        _standardise_embedding(model, next(iter(DataLoader(source, batch_sampler=StepBatchSampler(
+            len(source), max(t.batch_size, 16), 0, 1, seed=t.seed + 1), collate_fn=collate_fn))), cache, device)
 
     writer = None
     if rank == 0:
@@ -224,7 +230,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                      "rng": capture_rng(), "history": history}, out / "last.pt")
 
     def run_eval() -> dict[str, Any]:
-        result = evaluate(model, val_set, batch_size=max(t.batch_size, 16), device=device, seed=t.seed,
+        result = evaluate(model, val_set, batch_size=max(t.batch_size, 16), device=device, seed=t.eval_seed,
                           workers=cfg.data.workers if val_cache is None else 0,
                           limit=t.eval_samples, cache=val_cache, amp=t.amp, progress=progress,
                           references=not history)
@@ -264,18 +270,23 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                                       warmup=t.warmup_iters)
             tokens, valid = batch["tokens"].to(device), batch["valid_hw"].to(device)
             target = batch["mask"].to(device)
+            diagnose = t.diagnostics and rank == 0 and (step + 1) % t.log_every == 0
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=t.amp):
+                intermediates = t.loss_all_steps or diagnose
                 if cache is not None:
                     features = model.visual.add_coordinates(cache.get(batch["row"], device))
-                    result = net(None, tokens, valid, features=features, return_intermediates=t.loss_all_steps)
+                    result = net(None, tokens, valid, features=features, return_intermediates=intermediates)
                 else:
-                    result = net(batch["image"].to(device), tokens, valid, return_intermediates=t.loss_all_steps)
-            loss, parts = segmentation_loss(result.logits, target, step_logits=result.step_logits,
+                    result = net(batch["image"].to(device), tokens, valid, return_intermediates=intermediates)
+            loss, parts = segmentation_loss(result.logits, target,
+                                            step_logits=result.step_logits if t.loss_all_steps else None,
                                             dice_weight=t.dice_weight)
             optimizer.zero_grad(set_to_none=True)
             bad = not math.isfinite(parts["loss"])
             if not bad:
                 loss.backward()
+                if diagnose:
+                    _write_diagnostics(out, writer, step + 1, {**heatmap_stats(result), **gradient_norms(model)})
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
                 bad = not bool(torch.isfinite(grad_norm))
             if _any_rank(bad, world, device):  # never step on non-finite values: the weights stay good
@@ -334,6 +345,25 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
         if world > 1:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _standardise_embedding(model: STEPModel, batch: dict, cache, device: torch.device) -> None:
+    """embed_init=data: W_v, W_s standardised on one batch before the first step (same on every rank)."""
+    with torch.no_grad():
+        if cache is not None:
+            maps = model.visual.add_coordinates(cache.get(batch["row"], device))
+        else:
+            maps = model.encode_image(batch["image"].to(device))
+        s = model.language(batch["tokens"].to(device)).final
+        model.fusion.standardise_(maps, s, sorted(set(model.levels)))
+    log.info("embed_init=data: W_v and W_s standardised on %d samples", len(batch["tokens"]))
+
+
+def _write_diagnostics(out: Path, writer, step: int, stats: dict[str, float]) -> None:
+    with open(out / "diagnostics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **stats}) + "\n")
+    for k, v in stats.items():
+        writer.add_scalar(f"diag/{k}", v, step)
 
 
 def _log_images(writer, model: STEPModel, batch: dict, result, step: int) -> None:

@@ -56,10 +56,14 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
                              norm=cfg.embed_norm, shared_text=cfg.shared_text_embedding)
     else:
         fusion = ConcatConv(visual_channels=visual.out_channels, text_dim=language.out_dim, dim=cfg.embed_dim)
+    if cfg.fusion == "step":
+        fusion.initialise(cfg.embed_init)
     refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps)
+    if cfg.refiner_input_gain != 1.0:
+        refiner.scale_input_weights(cfg.refiner_input_gain)
     return STEPModel(visual=visual, language=language, attention=attention, fusion=fusion, refiner=refiner,
                      folds=cfg.folds, reverse=cfg.reverse, use_ltr=cfg.use_ltr, first_step=cfg.first_step,
-                     q_scale=cfg.q_scale, q_norm=cfg.q_norm, q_leak=cfg.q_leak)
+                     q_scale=cfg.q_scale, q_norm=cfg.q_norm, q_leak=cfg.q_leak, feedback_grad=cfg.feedback_grad)
 
 
 def count_parameters(model: STEPModel) -> dict[str, dict[str, int]]:

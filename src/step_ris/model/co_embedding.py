@@ -1,12 +1,12 @@
 """See-through-Text Embedding Pixelwise, STEP (Eqs. 2-4), and the concat-conv ablation.
 
-    phi_l(v) = NL2(tanh(W_v,l * v + b_v))      (2)  3x3 atrous conv, rate 3 (spec section 5)
+    phi_l(v) = NL2(tanh(W_v,l * v + b_v))      (2)  3x3 atrous conv, rate 3 (Sec. 3.3; docs/model.md, choice 6)
     psi(s)   = NL2(tanh(W_s s + b_s))          (3)
     Q(i)     = max(0, <phi(v_i), psi(s)>)      (4)
 
 ``norm="layer"`` inserts a per-sample LayerNorm on the pre-activations (over the channels of
 each pixel for ``phi``, over the features for ``psi``): the paper does not say how ``v`` and
-``s`` are scaled, and with raw backbone features tanh saturates and Q_t is flat (spec 5).
+``s`` are scaled, and with raw backbone features tanh saturates and Q_t is flat (docs/model.md, choice 7).
 ``norm="none"`` is the literal form. ``phi`` depends on the level only, so it is computed once
 per level and reused by every fold.
 """
@@ -57,6 +57,44 @@ class CoEmbedding(nn.Module):
         self.text = nn.ModuleList(nn.Linear(text_dim, dim) for _ in range(n_text))
         self.text_norm = nn.ModuleList(nn.LayerNorm(dim) if norm == "layer" else nn.Identity() for _ in range(n_text))
 
+    def initialise(self, scheme: str = "pytorch") -> None:
+        """Initialise W_v, W_s (Eqs. 2-3). "pytorch": the layers' defaults (kept as built);
+        "xavier": Glorot-uniform weights, zero biases (TensorFlow-era code); "xavier-positive-bias":
+        Glorot weights and biases 0.1."""
+        if scheme in ("pytorch", "data"):  # "data": standardise_ once the first batch is at hand
+            return
+        if scheme not in ("xavier", "xavier-positive-bias"):
+            raise ValueError(f"embed_init={scheme!r}; choose pytorch, xavier or xavier-positive-bias")
+        bias = 0.1 if scheme == "xavier-positive-bias" else 0.0
+        for layer in [*self.visual, *self.text]:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.constant_(layer.bias, bias)
+
+    @torch.no_grad()
+    def standardise_(self, maps: list[torch.Tensor], s: torch.Tensor, levels: list[int], gain: float = 1.0) -> None:
+        """Data-dependent initialisation of W_v, b_v and W_s, b_s (Eqs. 2-3 unchanged).
+
+        Rescales each output channel of ``W_v,l * v + b_v`` (over the pixels of ``maps[l]``) and of
+        ``W_s s + b_s`` (over the sentences ``s``) to mean 0 and standard deviation ``gain``: the
+        initialisation of Salimans & Kingma (2016) / LSUV (Mishkin & Matas, 2016). Backbone taps are
+        non-negative and large, so with a default initialisation every pixel's pre-activation shares
+        one large mean and tanh saturates: phi points the same way at every pixel and Q_t is flat.
+
+        maps: the five visual maps (B, C_l + 8, h, w); s: (B, D) textual representations.
+        """
+        for level in levels:
+            conv = self.visual[level]
+            pre = conv(maps[level].float())  # (B, E, h, w)
+            mean = pre.mean(dim=(0, 2, 3))
+            std = pre.std(dim=(0, 2, 3)).clamp_min(1e-6)
+            conv.weight.mul_((gain / std).view(-1, 1, 1, 1))
+            conv.bias.sub_(mean).mul_(gain / std)
+        for layer in self.text:
+            pre = layer(s.float())  # (B, E)
+            mean, std = pre.mean(dim=0), pre.std(dim=0).clamp_min(1e-6)
+            layer.weight.mul_((gain / std).view(-1, 1))
+            layer.bias.sub_(mean).mul_(gain / std)
+
     def phi(self, level: int, v: torch.Tensor) -> torch.Tensor:
         """Eq. 2. v: (B, C_l + 8, h, w) -> (B, dim, h, w), unit norm over dim."""
         return F.normalize(torch.tanh(self.visual_norm[level](self.visual[level](v))), dim=1)
@@ -67,16 +105,26 @@ class CoEmbedding(nn.Module):
         return F.normalize(torch.tanh(self.text_norm[k](self.text[k](s))), dim=1)
 
     @staticmethod
-    def heatmap(phi: torch.Tensor, psi: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
-        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, 1, h, w) in [0, 1].
+    def cosine(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
+        """The inner product of Eq. 4 (a cosine: both are unit vectors).
 
-        ``leak`` > 0 replaces max(0, c) by a leaky ReLU (c for c > 0, leak * c below): with the
-        literal ReLU, a sentence whose psi falls on the negative side of every pixel gets no
-        gradient and Q_t stays 0 for good (measured: steps 2..T died in the first minutes of
-        training a small STEP on ShapesRef, and the model settled at predicting the prior).
+        phi: (B, dim, h, w); psi: (B, dim) -> (B, 1, h, w) in [-1, 1].
         """
-        cos = torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
+        return torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
+
+    @staticmethod
+    def rectify(cos: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
+        """The max(0, .) of Eq. 4, or a leaky ReLU with slope ``leak`` below 0 (``leak`` > 0).
+
+        With the literal ReLU, a sentence whose psi falls on the negative side of every pixel
+        gets no gradient through Q_t (docs/recipes.md measures when that happens).
+        """
         return cos.clamp_min(0) if leak == 0 else F.leaky_relu(cos, leak)
+
+    @classmethod
+    def heatmap(cls, phi: torch.Tensor, psi: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
+        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, 1, h, w) in [0, 1] (literal)."""
+        return cls.rectify(cls.cosine(phi, psi), leak)
 
 
 class ConcatConv(nn.Module):

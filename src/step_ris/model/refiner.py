@@ -108,6 +108,17 @@ class Refiner(nn.Module):
             self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
         self.head = nn.Conv2d(filters if self.cell is not None else 1, 1, 1)  # Eq. 9: W^P, b^P
 
+    @torch.no_grad()
+    def scale_input_weights(self, gain: float) -> None:
+        """Multiply the initial input weights W^* of the ConvRNN (Eqs. 5-8) by ``gain``.
+
+        Q_t of the literal Eq. 4 is a cosine in [0, 1] that starts near 0, so with PyTorch's default
+        initialisation it barely moves the gates; a gain is an initialisation, not a change of Eqs. 5-8.
+        """
+        if self.cell is None:
+            return
+        self.cell.input_gates.weight.mul_(gain)
+
     def start(self, q: torch.Tensor):
         return None if self.cell is None else self.cell.initial_state(q)
 

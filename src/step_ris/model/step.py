@@ -31,6 +31,51 @@ from .visual_encoder import VisualEncoder
 
 LEVELS = 5
 Q_PEAK_MIN = 1e-6  # floor of the peak that q_norm=max divides by
+Q_NORM_EPS = 1e-6  # keeps q_norm=minmax defined on a flat map
+
+
+def _q_identity(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    return q
+
+
+def _q_peak(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Divide by the maximum over the valid cells, floored at Q_PEAK_MIN (the bundled model's form).
+
+    With ``q_leak`` and no positive cell the peak is 0, so the (negative) leaky values are scaled
+    by 1 / Q_PEAK_MIN: the shipped shapes-cpu model was trained so and relies on it.
+    """
+    peak = q.masked_fill(~valid, 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return q / peak.clamp_min(Q_PEAK_MIN)
+
+
+def _q_minmax(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Map the valid cells to [0, 1]: (q - min) / (max - min + eps). Defined for every input."""
+    low = q.masked_fill(~valid, float("inf")).amin(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+    high = q.masked_fill(~valid, float("-inf")).amax(dim=(2, 3), keepdim=True)
+    return ((q - low) / (high - low + Q_NORM_EPS)).masked_fill(~valid, 0)
+
+
+# Normalisations of Q_t before the refiner (``model.q_norm``). "none" is the literal Eq. 4.
+Q_NORMS = {"none": _q_identity, "max": _q_peak, "minmax": _q_minmax}
+
+
+@dataclass
+class ImageEncoding:
+    """Everything STEP computes from the image alone, for any number of expressions.
+
+    maps: the five visual maps v (B, C_l + 8, h_l, w_l) (taps with coordinates, Sec. 3.1).
+    phi: level -> phi_l(v) (B, E, h_l, w_l), Eq. 2, for every level the model visits.
+    keys: level -> v~ (B, h_l * w_l, A), the image side of Eq. 1, for every level with LTR.
+    A batch of 1 is broadcast to any number of expressions.
+    """
+
+    maps: list[torch.Tensor]
+    phi: dict[int, torch.Tensor]
+    keys: dict[int, torch.Tensor]
+
+    @property
+    def batch(self) -> int:
+        return self.maps[0].shape[0]
 
 
 @dataclass
@@ -52,6 +97,8 @@ class STEPOutput:
     attention: torch.Tensor | None = None
     similarity: torch.Tensor | None = None
     levels: tuple[int, ...] = ()
+    cosines: list[torch.Tensor] | None = None  # per step: <phi, psi> of Eq. 4 before max(0, .), (B, 1, h_l, w_l)
+    masks: list[torch.Tensor] | None = None  # per step: the valid cells of level l_t, (B, h_l, w_l)
 
 
 def level_masks(valid_hw: torch.Tensor | None, size: int, grids: list[tuple[int, int]], batch: int,
@@ -91,13 +138,16 @@ class STEPModel(nn.Module):
         q_norm: "none" (literal) or "max": divide Q_t by its maximum over the valid cells, so the
             best-matching region of every image reaches 1 whatever the absolute similarity (a
             global normalisation the paper does not have; it lets the refiner pick "the most
-            compatible" region, which superlatives such as "the leftmost" need).
+            compatible" region, which superlatives such as "the leftmost" need); "minmax": map
+            the valid cells to [0, 1] (defined for every input, also with ``q_leak``).
+        feedback_grad: False detaches P_{t-1} where it enters Eq. 1 (a diagnostic switch; the
+            paper trains end to end, True).
     """
 
     def __init__(self, *, visual: VisualEncoder, language: LanguageEncoder, attention: TextualAttention | None,
                  fusion: CoEmbedding | ConcatConv, refiner: Refiner, folds: int = 1, reverse: bool = False,
                  use_ltr: bool = True, first_step: str = "final-state", q_scale: float = 1.0,
-                 q_norm: str = "none", q_leak: float = 0.0):
+                 q_norm: str = "none", q_leak: float = 0.0, feedback_grad: bool = True):
         super().__init__()
         if first_step not in ("final-state", "uniform"):
             raise ValueError(f"first_step={first_step!r}; choose 'final-state' or 'uniform'")
@@ -112,10 +162,11 @@ class STEPModel(nn.Module):
         if use_ltr and attention is None:
             raise ValueError("use_ltr=True needs a TextualAttention module")
         self.q_scale = q_scale
-        if q_norm not in ("none", "max"):
-            raise ValueError(f"q_norm={q_norm!r}; choose 'none' or 'max'")
+        if q_norm not in Q_NORMS:
+            raise ValueError(f"q_norm={q_norm!r}; choose one of: {', '.join(Q_NORMS)}")
         self.q_norm = q_norm
         self.q_leak = q_leak
+        self.feedback_grad = feedback_grad
 
     @staticmethod
     def level_order(folds: int, reverse: bool) -> tuple[int, ...]:
@@ -135,33 +186,53 @@ class STEPModel(nn.Module):
         return len(self.levels)
 
     def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images: (B, 3, S, S) -> the five visual maps v (B, C_l + 8, h_l, w_l).
-
-        Compute once per image and pass as ``features`` to run several expressions.
-        """
+        """images: (B, 3, S, S) -> the five visual maps v (B, C_l + 8, h_l, w_l)."""
         return self.visual(images)
 
+    def encode(self, images: torch.Tensor | None = None, *, maps: list[torch.Tensor] | None = None) -> ImageEncoding:
+        """All image-only work: the visual maps, phi of Eq. 2 and the image side of Eq. 1.
+
+        images: (B, 3, S, S), or ``maps`` from ``encode_image`` (e.g. cached taps with coordinates).
+        Pass the result as ``features`` to run any number of expressions on it.
+        """
+        if maps is None:
+            if images is None:
+                raise ValueError("pass images (B, 3, S, S) or the visual maps")
+            maps = self.encode_image(images)
+        if len(maps) != LEVELS:
+            raise ValueError(f"expected {LEVELS} visual maps, got {len(maps)}")
+        visited = sorted(set(self.levels))
+        phi = {lv: self.fusion.phi(lv, maps[lv]) for lv in visited} if isinstance(self.fusion, CoEmbedding) else {}
+        keys = {}
+        if self.attention is not None:
+            for lv in self.ltr_levels(self.levels, self.use_ltr, self.first_step):
+                keys[lv] = self.attention.project_image(lv, maps[lv])
+        return ImageEncoding(maps=list(maps), phi=phi, keys=keys)
+
     def forward(self, images: torch.Tensor | None, tokens: torch.Tensor, valid_hw: torch.Tensor | None = None, *,
-                features: list[torch.Tensor] | None = None, return_intermediates: bool = False) -> STEPOutput:
+                features: list[torch.Tensor] | ImageEncoding | None = None,
+                return_intermediates: bool = False) -> STEPOutput:
         """Segment the referent of each expression.
 
         images: (B, 3, S, S) letterboxed, normalised (or None when ``features`` is given).
         tokens: (B, L) int64 word ids, 0 = padding, at least one word each.
         valid_hw: (B, 2) unpadded extent (h, w) in pixels of each image; None = all valid.
-        features: output of ``encode_image`` (B or 1 in the batch dim; 1 is broadcast).
+        features: ``encode(...)`` (or the visual maps of ``encode_image``), batch B or 1 (broadcast).
         """
         if features is None:
             if images is None:
                 raise ValueError("pass images (B, 3, S, S) or precomputed features")
-            features = self.encode_image(images)
-        if len(features) != LEVELS:
-            raise ValueError(f"expected {LEVELS} visual maps, got {len(features)}")
+            enc = self.encode(images)
         batch = tokens.shape[0]
-        if features[0].shape[0] not in (1, batch):
-            raise ValueError(f"features have batch {features[0].shape[0]} but tokens have batch {batch}")
-        shared = features  # batch B, or 1 for one image under B expressions: image-only maps are computed once
-        features = [f.expand(batch, -1, -1, -1) for f in features]
-        grids = [tuple(f.shape[-2:]) for f in features]
+        if features is not None:
+            got = features.batch if isinstance(features, ImageEncoding) else features[0].shape[0]
+            if got not in (1, batch):
+                raise ValueError(f"features have batch {got} but tokens have batch {batch}")
+        if isinstance(features, ImageEncoding):
+            enc = features
+        elif features is not None:
+            enc = self.encode(maps=features)
+        grids = [tuple(f.shape[-2:]) for f in enc.maps]
         refine_grid = grids[0]  # stride 4: S/4 x S/4
         size = refine_grid[0] * 4  # S
         if valid_hw is not None and valid_hw.shape != (batch, 2):
@@ -170,36 +241,30 @@ class STEPModel(nn.Module):
         text: TextFeatures = self.language(tokens)  # states (B, L, D), final (B, D)
         pixel_masks = level_masks(valid_hw, size, grids, batch, tokens.device)
         word_attn: dict[int, torch.Tensor] = {}  # level -> a (B, N, L), Eq. 1
-        phis: dict[int, torch.Tensor] = {}  # level -> phi_l(v) (B, E, h, w), Eq. 2
 
-        prev = features[0].new_zeros(batch, 1, *refine_grid)  # P_0 (uniform softmax weights)
+        prev = enc.maps[0].new_zeros(batch, 1, *refine_grid)  # P_0 (uniform softmax weights)
         state = None
-        step_logits, alphas, sims, qs = [], [], [], []
+        step_logits, alphas, sims, qs, cosines = [], [], [], [], []
         for t, level in enumerate(self.levels):
-            v = features[level]
             # Eq. 1: the textual representation s_t
             if not self.use_ltr or (t == 0 and self.first_step == "final-state"):
                 s = text.final
                 alpha = text.final.new_zeros(batch, tokens.shape[1])
             else:
                 if level not in word_attn:
-                    word_attn[level] = self.attention.word_attention(level, shared[level], text.states, text.mask)
+                    word_attn[level] = self.attention.word_attention_from(enc.keys[level], text.states, text.mask)
                 weights = self.attention.pixel_weights(prev, pixel_masks[level])  # (B, N)
                 s, alpha = self.attention.attend(word_attn[level], weights, text.states)
             # Eqs. 2-4: the STEP heatmap Q_t on the level's grid
             if isinstance(self.fusion, CoEmbedding):
-                if level not in phis:
-                    phis[level] = self.fusion.phi(level, shared[level]).expand(batch, -1, -1, -1)
-                q = self.fusion.heatmap(phis[level], self.fusion.psi(level, s), self.q_leak)  # (B, 1, h_l, w_l)
+                phi = enc.phi[level].expand(batch, -1, -1, -1)  # (B, E, h_l, w_l)
+                cos = self.fusion.cosine(phi, self.fusion.psi(level, s))  # (B, 1, h_l, w_l)
+                q = self.fusion.rectify(cos, self.q_leak)  # Eq. 4
+                if return_intermediates:
+                    cosines.append(cos)
             else:
-                q = self.fusion(level, v, s)
-            if self.q_norm == "max":
-                peak = q.masked_fill(~pixel_masks[level].unsqueeze(1), 0).amax(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-                # The peak is floored at Q_PEAK_MIN. With q_leak and no positive cell the peak is 0,
-                # and the (negative) leaky values are scaled by 1 / Q_PEAK_MIN: the shipped
-                # shapes-cpu model was trained so and relies on it (dividing by 1 instead took its
-                # val oIoU from 0.58 to 0.33), so this stays as trained.
-                q = q / peak.clamp_min(Q_PEAK_MIN)
+                q = self.fusion(level, enc.maps[level].expand(batch, -1, -1, -1), s)
+            q = Q_NORMS[self.q_norm](q, pixel_masks[level].unsqueeze(1))
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
                 q = F.interpolate(q, size=refine_grid, mode="bilinear", align_corners=False)  # (B, 1, S/4, S/4)
@@ -207,7 +272,7 @@ class STEPModel(nn.Module):
             if state is None and t == 0:
                 state = self.refiner.start(q)
             logit, state = self.refiner.step(q, state)  # (B, 1, S/4, S/4)
-            prev = torch.sigmoid(logit)
+            prev = torch.sigmoid(logit) if self.feedback_grad else torch.sigmoid(logit).detach()
             qs.append(q)
             step_logits.append(logit)
             if return_intermediates:
@@ -224,4 +289,6 @@ class STEPModel(nn.Module):
             attention=torch.stack(alphas, dim=1),  # (B, T, L)
             similarity=torch.stack(sims, dim=1),  # (B, T, L)
             levels=self.levels,
+            cosines=cosines or None,
+            masks=[pixel_masks[lv] for lv in self.levels],
         )

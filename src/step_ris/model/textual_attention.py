@@ -42,7 +42,15 @@ class TextualAttention(nn.Module):
 
         v: (B, C, h, w); states: (B, L, D); word_mask: (B, L) -> a: (B, h*w, L).
         """
-        v_tilde = self.project_visual[str(level)](v).flatten(2).transpose(1, 2)  # (B, N, dim)
+        return self.word_attention_from(self.project_image(level, v), states, word_mask)
+
+    def project_image(self, level: int, v: torch.Tensor) -> torch.Tensor:
+        """The image side of Eq. 1: v: (B, C, h, w) -> v~: (B, h*w, dim). Depends on the image only."""
+        return self.project_visual[str(level)](v).flatten(2).transpose(1, 2)  # (B, N, dim)
+
+    def word_attention_from(self, v_tilde: torch.Tensor, states: torch.Tensor,
+                            word_mask: torch.Tensor) -> torch.Tensor:
+        """a_ij from projected pixels. v_tilde: (B or 1, N, dim); states: (B, L, D) -> a: (B, N, L)."""
         h_tilde = self.project_text(states)  # (B, L, dim)
         logits = v_tilde @ h_tilde.transpose(1, 2)  # (B, N, L)
         logits = logits.masked_fill(~word_mask.unsqueeze(1), torch.finfo(logits.dtype).min)
