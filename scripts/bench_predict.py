@@ -1,6 +1,6 @@
 """Predictor latency on this machine, and the gain of encoding an image once for many expressions.
 
-    python scripts/bench_predict.py --preset paper-1fold --threads 2 --repeat 5 --expressions 4
+    python scripts/bench_predict.py --preset paper-1fold --threads 2 --repeat 9 --session-only
     python scripts/bench_predict.py --model shapes-cpu --threads 2 --repeat 9
     python scripts/bench_predict.py --model runs/a/last.pt --image scene.png
 
@@ -13,7 +13,10 @@ after one warm-up:
     encode_ms           Predictor.encode(image): letterbox + every image-only tensor (ImageEncoding)
     full_forward_ms     Predictor.predict(image, expression), end to end (letterbox, model, map back)
     new_expression_ms   Predictor.predict(encoded, expression): a new expression on an encoded image
+    model_expression_ms the model alone on the encoding (new_expression_ms less pre/post-processing)
     new_vs_full         new_expression_ms / full_forward_ms
+    The five measures above are timed in rounds (each round in a new random order), so they
+    meet the same machine load; *_cpu_ms is the process CPU time (all threads) of the same calls.
     one_by_one_ms       N expressions, one predict call each (the image encoded N times)
     shared_ms           predict(image, [N expressions]): encoded once, expressions batched
     speedup             one_by_one_ms / shared_ms
@@ -27,6 +30,7 @@ import argparse
 import itertools
 import json
 import platform
+import random
 import statistics
 import time
 
@@ -38,6 +42,31 @@ from step_ris.data.transforms import letterbox_image
 from step_ris.model import build_model
 from step_ris.predictor import Predictor
 from step_ris.text import Vocabulary
+
+
+def paired(fns: dict, repeat: int) -> dict[str, float]:
+    """Median wall ms of each of ``fns``, called in turn (each round in a new random order) after a warm-up.
+
+    Alternating makes every function meet the same machine load, so their ratio holds even when
+    the absolute times drift. Also returns ``<name>_cpu_ms`` (process CPU time, all threads).
+    """
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeat):
+        shuffle(order)  # a new order each round: no measure stays in step with a periodic background job
+        for name in order:
+            fn = fns[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append((time.perf_counter() - start) * 1000)
+            cpu[name].append((time.process_time() - start_cpu) * 1000)
+    out = {f"{k}_ms": statistics.median(v) for k, v in wall.items()}
+    out.update({f"{k}_cpu_ms": statistics.median(v) for k, v in cpu.items()})
+    return out
 
 
 def timed(fn, repeat: int) -> float:
@@ -64,6 +93,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="expressions per forward pass (default 8)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measure (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--session-only", action="store_true",
+                        help="only encode / full forward / new expression (skip the N-expression measures)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,6 +121,13 @@ def main() -> None:
 
     tensor, _ = letterbox_image(rgb, predictor.image_size)
     encoded = predictor.encode(rgb)
+
+    def model_only(expression: str):
+        """The model's share of a new expression: language side, Eqs. 1-9, Eq. 10; no post-processing."""
+        ids = torch.tensor([predictor.prepare(expression).ids])
+        with torch.inference_mode():
+            predictor.model(None, ids, torch.tensor([encoded.valid_hw]), features=encoded.encoding,
+                            return_intermediates=True)
     fresh = itertools.cycle(" ".join(rng.choice(words, size=args.words)) for _ in range(64))  # a new one each call
 
     def encode():
@@ -107,16 +145,18 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "encode_image_ms": timed(encode, args.repeat),
-        "encode_ms": timed(lambda: predictor.encode(rgb), args.repeat),
-        "full_forward_ms": timed(lambda: predictor.predict(rgb, next(fresh)), args.repeat),
-        "new_expression_ms": timed(lambda: predictor.predict(encoded, next(fresh)), args.repeat),
-        "one_by_one_ms": timed(lambda: [predictor.predict(rgb, e) for e in expressions], args.repeat),
-        "shared_ms": timed(lambda: predictor.predict(rgb, expressions), args.repeat),
+        **paired({"encode_image": encode, "encode": lambda: predictor.encode(rgb),
+                  "full_forward": lambda: predictor.predict(rgb, next(fresh)),
+                  "new_expression": lambda: predictor.predict(encoded, next(fresh)),
+                  "model_expression": lambda: model_only(next(fresh))}, args.repeat),
     }
+    if not args.session_only:
+        result["one_by_one_ms"] = timed(lambda: [predictor.predict(rgb, e) for e in expressions], args.repeat)
+        result["shared_ms"] = timed(lambda: predictor.predict(rgb, expressions), args.repeat)
     result["new_vs_full"] = result["new_expression_ms"] / result["full_forward_ms"]
-    result["shared_per_expression_ms"] = result["shared_ms"] / args.expressions
-    result["speedup"] = result["one_by_one_ms"] / result["shared_ms"]
+    if not args.session_only:
+        result["shared_per_expression_ms"] = result["shared_ms"] / args.expressions
+        result["speedup"] = result["one_by_one_ms"] / result["shared_ms"]
     print(json.dumps({k: round(v, 3 if k == "new_vs_full" else 1) if isinstance(v, float) else v
                       for k, v in result.items()}, indent=2))
 
