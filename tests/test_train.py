@@ -123,12 +123,30 @@ def test_sigterm_saves_and_exits_cleanly(shapes, tmp_path):
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, output
+    assert proc.returncode == 143, output  # 128 + SIGTERM, as the shell reports a killed process
     assert "SIGTERM: saved" in output
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["step"] > 0
     assert main(["train", "--out", str(out), "--resume", "--iters", str(ckpt["step"] + 2), "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == ckpt["step"] + 2
+
+
+def test_resume_on_a_finished_run_appends_nothing(shapes, tmp_path):
+    cfg = tiny(shapes, "train.iters=2", "train.eval_every=0")
+    out = tmp_path / "done"
+    train(cfg, out, progress=False)
+    before = (out / "metrics.jsonl").read_text()
+    result = train(cfg, out, progress=False, resume=True)
+    assert (out / "metrics.jsonl").read_text() == before  # no second final line
+    assert result["step"] == 2 and len(load_checkpoint(out / "last.pt")["history"]) == 1
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+
+
+def test_run_folder_files_are_readable_by_others(shapes, tmp_path):
+    out = tmp_path / "modes"
+    train(tiny(shapes, "train.iters=1"), out, progress=False)
+    for name in ("config.json", "vocab.json", "last.pt", "metrics.jsonl"):
+        assert (out / name).stat().st_mode & 0o044 == 0o044, name  # not 0600
 
 
 def test_bad_input_is_refused_clearly(shapes, tmp_path, capsys):

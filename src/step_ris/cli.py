@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -92,23 +93,40 @@ def cmd_train(args) -> int:
     cfg = _config_for_run(args)
     result = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.quiet,
                    stop_after=args.stop_after)
-    if "interrupted" in result:
-        return 0 if result["interrupted"] == "stop_after" else 130
+    if "interrupted" in result:  # saved; exit 128 + the signal (130 Ctrl-C, 143 SIGTERM) so scripts can tell
+        name = result["interrupted"]
+        return 0 if name == "stop_after" else 128 + int(getattr(signal.Signals, name, signal.SIGTERM))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .engine.evaluate import evaluate, format_results
-    from .pretrained import load_model_for_eval
+    import time
 
-    model, cfg, vocab, identity = load_model_for_eval(args.checkpoint, device=args.device)
     from .data.dataset import ReferDataset
+    from .engine.evaluate import evaluate, format_results
+    from .precision import resolve_precision
+    from .pretrained import load_pretrained
 
-    dataset = ReferDataset(args.root, args.dataset, args.split, vocab, cfg.model.image_size,
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size} must be >= 1")
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads} must be >= 1 (or 0: PyTorch's choice)")
+    device = args.device or "cpu"
+    dtype = resolve_precision(args.precision, device)  # refused before the model loads
+    loaded = load_pretrained(args.checkpoint, device=device)
+    cfg = loaded.config
+    dataset = ReferDataset(args.root, args.dataset, args.split, loaded.vocab, cfg.model.image_size,
                            max_words=cfg.model.max_words, blank_language=cfg.data.blank_language)
-    result = evaluate(model, dataset, batch_size=args.batch_size, device=args.device or "cpu", limit=args.limit,
-                      progress=not args.quiet, crf=args.crf)
-    result["checkpoint"] = identity
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    result = evaluate(loaded.model, dataset, batch_size=args.batch_size, device=device, limit=args.limit,
+                      progress=not args.quiet, crf=args.crf, precision=dtype)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    log.info("evaluated %d expressions in %.1f s (%s)", result["n"], result["seconds"], result["precision"])
+    result["checkpoint"] = loaded.identity
     result["config"] = cfg.to_dict()
     print(format_results(result))
     if args.json:
@@ -178,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DenseCRF post-processing at the original resolution (as the '+DCRF' baselines of "
                         "Table 2; needs pip install 'step-ris[crf]')")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="fp32 (default), bf16 autocast, or auto: bf16 where the GPU / CPU (AMX, AVX512-bf16) "
+                        "runs it fast, else fp32")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: PyTorch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -241,7 +263,8 @@ def cmd_predict(args) -> int:
             results_path(args.batch, args.out_dir, args.results)  # refused before the model loads
         except ValueError as e:
             raise ValueError(f"--results: {e}") from None
-        predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+        predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold,
+                                              precision=args.precision)
         summary = predict_jsonl(predictor, args.batch, args.out_dir, args.results, progress=not args.quiet)
         print(json.dumps(summary, indent=2))
         if summary["failed"]:
@@ -271,7 +294,8 @@ def cmd_predict(args) -> int:
 
         require("matplotlib", extra="viz", purpose="--explain (the Figure-4 view)")
 
-    predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold)
+    predictor = Predictor.from_pretrained(args.model, device=args.device, threshold=args.threshold,
+                                          precision=args.precision)
     rgb = predictor.load(image)
     prediction = predictor.predict(rgb, args.expression)
 
@@ -340,6 +364,8 @@ def _register_inference_commands(sub) -> None:
     p.add_argument("--out-dir", help="--batch: folder for the masks (and results.jsonl)")
     p.add_argument("--results", help="--batch: results file (default OUT_DIR/results.jsonl); ids in it are skipped")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="fp32 (default), bf16 autocast, or auto: bf16 where the GPU / CPU runs it fast")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -42,14 +42,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found or "weights only" in str(e).lower():
-            what = f" (it holds a {found.group(1)} object)" if found else ""
-            raise ValueError(f"{path}: refused{what}: the file contains Python objects beyond tensors, numbers, "
-                             "strings and containers, and loading it could run code. step-ris reads only "
-                             "checkpoints that hold plain data, as written by step-ris train") from None
-        raise ValueError(f"{path} is not a readable step-ris checkpoint ({e}); it may be truncated or from "
-                         "another program") from None
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+)", text)
+        if found:  # a code-running object
+            raise ValueError(f"{path}: refused (it holds a {found.group(1) or found.group(2)} object): the file contains Python "
+                             "objects beyond tensors, numbers, strings and containers, and loading it could run "
+                             "code. step-ris reads only checkpoints that hold plain data, as written by step-ris "
+                             "train") from None
+        # torch's text ends with advice to load without weights_only; never repeat it, keep the cause
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", text, re.S)
+        cause = detail.group(1).strip() if detail else text.splitlines()[0]
+        raise ValueError(f"{path} is not a readable step-ris checkpoint ({cause}): it is truncated, from another "
+                         "program, or holds data that only a code-running load could read; step-ris refuses it "
+                         "either way") from None
     except Exception as e:  # noqa: BLE001 - any other failure means the same thing to the user
         raise ValueError(f"{path} is not a readable step-ris checkpoint ({type(e).__name__}: {e}); "
                          "it may be truncated or from another program") from None

@@ -7,7 +7,11 @@ The run folder holds ``config.json`` (the resolved config), ``vocab.json``, ``la
 atomically every ``train.checkpoint_every`` steps and on Ctrl-C / SIGTERM), ``metrics.jsonl``
 (one line per evaluation, with training minutes) and ``tb/`` (TensorBoard). ``--resume``
 continues from ``last.pt`` and ends where an uninterrupted run would: the data order and the
-learning rate are pure functions of the step.
+learning rate are pure functions of the step; ``--resume`` on a finished run does nothing.
+Ctrl-C or SIGTERM finishes the step, saves and exits 130 or 143 (128 + the signal).
+
+``train`` reads top to bottom: ``setup`` builds the run, each step is ``train_step``, and the
+loop calls ``evaluate_and_log`` and ``save`` on their schedules.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -137,6 +141,34 @@ def load_vectors_for(cfg: ExperimentConfig, vocab: Vocabulary):
     return vectors, known
 
 
+@dataclass
+class Run:
+    """What ``setup`` builds for one training run; the loop in ``train`` reads and advances it."""
+
+    cfg: ExperimentConfig
+    out: Path
+    device: torch.device
+    rank: int
+    world: int
+    vocab: Vocabulary
+    model: STEPModel
+    net: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    val_set: ReferDataset | None
+    cache: FeatureCache | None  # frozen-backbone taps of the training images
+    val_cache: FeatureCache | None
+    loader: DataLoader
+    writer: Any  # TensorBoard SummaryWriter on rank 0, else None
+    step: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def expressions_seen(self) -> int:
+        return self.step * self.cfg.train.batch_size * self.world
+
+
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
           progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Train STEP as ``cfg`` says; returns the last evaluation. See the module docstring.
@@ -144,7 +176,75 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     ``stop_after``: save and return after this many steps of this invocation (as if interrupted;
     continue with ``resume=True``), e.g. for jobs with a time limit.
     """
-    out = Path(out)
+    run = setup(cfg, Path(out), resume=resume, device=device, progress=progress)
+    t = cfg.train
+    if run.step >= t.iters:  # --resume on a finished run: nothing to do, nothing appended
+        log.info("%s already finished at step %d (train.iters=%d)", run.out, run.step, t.iters)
+        _close(run)
+        return run.history[-1] if run.history else {}
+
+    stop = {"signal": None}  # Ctrl-C / SIGTERM: finish the step, save, stop.
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = tqdm(total=t.iters, initial=run.step, desc="train", unit="it", disable=not (progress and run.rank == 0),
+               dynamic_ncols=True)
+    last_result: dict[str, Any] = {}
+    try:
+        run.model.train()
+        start_step = run.step
+        next_eval_minutes = (math.floor(run.train_seconds / 60 / t.eval_every_minutes) + 1) * t.eval_every_minutes \
+            if t.eval_every_minutes else math.inf
+        tick = time.perf_counter()
+        for batch in run.loader:
+            parts, result = train_step(run, batch)
+            now = time.perf_counter()
+            run.train_seconds += now - tick
+            tick = now
+            if run.rank == 0:
+                bar.update(1)
+                if run.step % t.log_every == 0 or run.step == t.iters:
+                    _log_scalars(run, bar, parts)
+                by_steps = t.eval_every and run.step % t.eval_every == 0
+                by_time = t.eval_every_minutes and run.train_seconds >= next_eval_minutes * 60
+                if (by_steps or by_time) and run.step < t.iters:
+                    last_result = evaluate_and_log(run, progress)
+                    while t.eval_every_minutes and run.train_seconds >= next_eval_minutes * 60:
+                        next_eval_minutes += t.eval_every_minutes
+                    _log_images(run.writer, run.model, batch, result, run.step)
+                    tick = time.perf_counter()  # evaluation time is not training time
+                if run.step % t.checkpoint_every == 0:
+                    save(run)
+            if stop_after is not None and run.step - start_step >= stop_after:
+                stop["signal"] = "stop_after"
+            time_up = bool(t.max_minutes) and run.train_seconds >= t.max_minutes * 60
+            if _any_rank(time_up, run.world, run.device):  # the first rank out of time stops all
+                log.info("reached train.max_minutes=%g at step %d", t.max_minutes, run.step)
+                break
+            if _any_rank(bool(stop["signal"]), run.world, run.device):  # every rank stops at the same step
+                stop["signal"] = stop["signal"] or "SIGTERM"
+                break
+        if stop["signal"]:
+            save(run)
+            log.warning("%s: saved %s at step %d; continue with --resume", stop["signal"], run.out / "last.pt",
+                        run.step)
+            return {"interrupted": stop["signal"], "step": run.step}
+        save(run)
+        if run.rank == 0:
+            last_result = evaluate_and_log(run, progress)
+            save(run)  # with the final evaluation in its history
+        return last_result
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        _close(run)
+
+
+def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None, progress: bool) -> Run:
+    """Everything before the first step: device, process group, data, model, optimiser, caches."""
     device = _resolve_device(device)
     rank, world = _distributed(device)
     if rank == 0:
@@ -161,18 +261,16 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed + rank)
 
-    # ---- data
+    # data
     data = ReferData(cfg.data.root, cfg.data.dataset)
-    if ckpt:
-        vocab = Vocabulary(ckpt["vocab"][2:])
-    else:
-        vocab = build_vocab(cfg.data.root, cfg.data.dataset, cfg.data.train_split)
+    vocab = Vocabulary(ckpt["vocab"][2:]) if ckpt else build_vocab(cfg.data.root, cfg.data.dataset,
+                                                                    cfg.data.train_split)
     common = dict(vocab=vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
                   blank_language=cfg.data.blank_language, data=data)
     train_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.train_split, **common)
     val_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.val_split, **common) if rank == 0 else None
 
-    # ---- model and optimiser
+    # model and optimiser
     vectors, known = (None, None) if ckpt else load_vectors_for(cfg, vocab)
     model = build_model(cfg.model, len(vocab), word_vectors=vectors, known_words=known,
                         load_backbone_weights=ckpt is None).to(device)
@@ -193,158 +291,124 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
     unused = cfg.model.cell == "conv1x1" and not cfg.model.use_ltr and not t.loss_all_steps
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if world > 1 else model
 
+    # samples: frozen-backbone taps come from a cache, so images are decoded once per run
     cache = val_cache = None
     eval_idx = subset_indices(len(val_set), t.eval_samples, t.eval_seed) if val_set is not None else []
     if cfg.model.freeze_backbone:
         folder = Path(cfg.data.root) / ".cache"
+        keep = t.cache_features
         cache = FeatureCache(model.visual.backbone, train_set, device=device, progress=progress and rank == 0,
-                             cache_file=cache_path(folder, cfg.model, train_set, "all") if t.cache_features else None)
+                             cache_file=cache_path(folder, cfg.model, train_set, "all") if keep else None)
         if val_set is not None:
+            tag = f"eval{t.eval_samples}-{t.eval_seed}"
             val_cache = FeatureCache(model.visual.backbone, val_set, device=device, indices=eval_idx,
                                      progress=progress and rank == 0,
-                                     cache_file=cache_path(folder, cfg.model, val_set,
-                                                           f"eval{t.eval_samples}-{t.eval_seed}")
-                                     if t.cache_features else None)
+                                     cache_file=cache_path(folder, cfg.model, val_set, tag) if keep else None)
         source, collate_fn = CachedSamples(train_set, cache), collate_cached
     else:
         source, collate_fn = train_set, collate
     sampler = StepBatchSampler(len(source), t.batch_size, step, t.iters, seed=t.seed, world=world, rank=rank)
     loader = DataLoader(source, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.data.workers,
                         persistent_workers=False)
-
     if cfg.model.embed_init == "data" and ckpt is None:
-        _standardise_embedding(model, next(iter(DataLoader(source, batch_sampler=StepBatchSampler(
-            len(source), max(t.batch_size, 16), 0, 1, seed=t.seed + 1), collate_fn=collate_fn))), cache, device)
+        first = StepBatchSampler(len(source), max(t.batch_size, 16), 0, 1, seed=t.seed + 1)
+        _standardise_embedding(model, next(iter(DataLoader(source, batch_sampler=first, collate_fn=collate_fn))),
+                               cache, device)
 
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
+    return Run(cfg=cfg, out=out, device=device, rank=rank, world=world, vocab=vocab, model=model, net=net,
+               params=params, optimizer=optimizer, val_set=val_set, cache=cache, val_cache=val_cache, loader=loader,
+               writer=writer, step=step, train_seconds=train_seconds, history=history)
 
-    def save() -> None:
-        if rank != 0:
-            return
-        atomic_save({"format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_list(), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "step": step, "train_seconds": train_seconds,
-                     "rng": capture_rng(), "history": history}, out / "last.pt")
 
-    def run_eval() -> dict[str, Any]:
-        result = evaluate(model, val_set, batch_size=max(t.batch_size, 16), device=device, seed=t.eval_seed,
-                          workers=cfg.data.workers if val_cache is None else 0,
-                          limit=t.eval_samples, cache=val_cache, amp=t.amp, progress=progress,
-                          references=not history)
-        record = {"step": step, "train_minutes": train_seconds / 60, "samples": step * t.batch_size * world,
-                  **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "n")},
-                  "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
-        if "references" in result:
-            record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
-        history.append(record)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        log.info("step %d (%.1f min): %s", step, train_seconds / 60, format_results(result))
-        for k in ("oIoU", "mIoU", "prec@0.5"):
-            writer.add_scalar(f"val/{k}", result[k], step)
-        return result
+def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
+    """One optimiser step on ``batch``: poly lr, forward (Eqs. 1-10), loss (Eq. 11), backward, step.
 
-    # Ctrl-C / SIGTERM: finish the step, save, stop.
-    stop = {"signal": None}
+    Never steps on a non-finite loss or gradient (the weights stay good; TrainingError).
+    """
+    t, model, device = run.cfg.train, run.model, run.device
+    for group in run.optimizer.param_groups:
+        group["lr"] = poly_lr(run.step, base_lr=t.lr, max_steps=t.iters, power=t.poly_power, warmup=t.warmup_iters)
+    tokens, valid = batch["tokens"].to(device), batch["valid_hw"].to(device)
+    diagnose = t.diagnostics and run.rank == 0 and (run.step + 1) % t.log_every == 0
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+        intermediates = t.loss_all_steps or diagnose
+        if run.cache is not None:
+            features = model.visual.add_coordinates(run.cache.get(batch["row"], device))
+            result = run.net(None, tokens, valid, features=features, return_intermediates=intermediates)
+        else:
+            result = run.net(batch["image"].to(device), tokens, valid, return_intermediates=intermediates)
+    loss, parts = segmentation_loss(result.logits, batch["mask"].to(device),
+                                    step_logits=result.step_logits if t.loss_all_steps else None,
+                                    dice_weight=t.dice_weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    bad = not math.isfinite(parts["loss"])
+    if not bad:
+        loss.backward()
+        if diagnose:
+            _write_diagnostics(run.out, run.writer, run.step + 1, {**heatmap_stats(result), **gradient_norms(model)})
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip if t.grad_clip > 0 else math.inf)
+        bad = not bool(torch.isfinite(grad_norm))
+    if _any_rank(bad, run.world, device):
+        raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {run.step}; the last "
+                            f"good checkpoint is {run.out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
+                            "or turn off train.amp")
+    run.optimizer.step()
+    run.step += 1
+    return parts, result
 
-    def on_signal(signum, _frame):
-        stop["signal"] = signal.Signals(signum).name
 
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    device_type = device.type
-    last_result: dict[str, Any] = {}
-    bar = tqdm(total=t.iters, initial=step, desc="train", unit="it", disable=not (progress and rank == 0),
-               dynamic_ncols=True)
-    try:
-        model.train()
-        start_step = step
-        next_eval_minutes = (math.floor(train_seconds / 60 / t.eval_every_minutes) + 1) * t.eval_every_minutes \
-            if t.eval_every_minutes else math.inf
-        tick = time.perf_counter()
-        for batch in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = poly_lr(step, base_lr=t.lr, max_steps=t.iters, power=t.poly_power,
-                                      warmup=t.warmup_iters)
-            tokens, valid = batch["tokens"].to(device), batch["valid_hw"].to(device)
-            target = batch["mask"].to(device)
-            diagnose = t.diagnostics and rank == 0 and (step + 1) % t.log_every == 0
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=t.amp):
-                intermediates = t.loss_all_steps or diagnose
-                if cache is not None:
-                    features = model.visual.add_coordinates(cache.get(batch["row"], device))
-                    result = net(None, tokens, valid, features=features, return_intermediates=intermediates)
-                else:
-                    result = net(batch["image"].to(device), tokens, valid, return_intermediates=intermediates)
-            loss, parts = segmentation_loss(result.logits, target,
-                                            step_logits=result.step_logits if t.loss_all_steps else None,
-                                            dice_weight=t.dice_weight)
-            optimizer.zero_grad(set_to_none=True)
-            bad = not math.isfinite(parts["loss"])
-            if not bad:
-                loss.backward()
-                if diagnose:
-                    _write_diagnostics(out, writer, step + 1, {**heatmap_stats(result), **gradient_norms(model)})
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else math.inf)
-                bad = not bool(torch.isfinite(grad_norm))
-            if _any_rank(bad, world, device):  # never step on non-finite values: the weights stay good
-                raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {step}; the last "
-                                    f"good checkpoint is {out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
-                                    "or turn off train.amp")
-            optimizer.step()
-            step += 1
-            now = time.perf_counter()
-            train_seconds += now - tick
-            tick = now
-            if rank == 0:
-                bar.update(1)
-                if step % t.log_every == 0 or step == t.iters:
-                    rate = step * t.batch_size * world / max(train_seconds, 1e-9)
-                    bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                    samples_s=f"{rate:.1f}")
-                    for k, v in parts.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                    writer.add_scalar("train/samples_per_s", rate, step)
-                by_steps = t.eval_every and step % t.eval_every == 0
-                by_time = t.eval_every_minutes and train_seconds >= next_eval_minutes * 60
-                if (by_steps or by_time) and step < t.iters:
-                    last_result = run_eval()
-                    while t.eval_every_minutes and train_seconds >= next_eval_minutes * 60:
-                        next_eval_minutes += t.eval_every_minutes
-                    _log_images(writer, model, batch, result, step)
-                    tick = time.perf_counter()  # evaluation time is not training time
-                if step % t.checkpoint_every == 0:
-                    save()
-            if stop_after is not None and step - start_step >= stop_after:
-                stop["signal"] = "stop_after"
-            time_up = bool(t.max_minutes) and train_seconds >= t.max_minutes * 60
-            if _any_rank(time_up, world, device):  # the first rank out of time stops all
-                log.info("reached train.max_minutes=%g at step %d", t.max_minutes, step)
-                break
-            if _any_rank(bool(stop["signal"]), world, device):  # every rank stops at the same step
-                stop["signal"] = stop["signal"] or "SIGTERM"
-                break
-        if stop["signal"]:
-            save()
-            log.warning("%s: saved %s at step %d; continue with --resume", stop["signal"], out / "last.pt", step)
-            return {"interrupted": stop["signal"], "step": step}
-        save()
-        if rank == 0:
-            last_result = run_eval()
-            save()  # with the final evaluation in its history
-        return last_result
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        if writer is not None:
-            writer.close()
-        if world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
+def evaluate_and_log(run: Run, progress: bool) -> dict[str, Any]:
+    """Score the val subset, append a line to metrics.jsonl and TensorBoard (rank 0 only)."""
+    t = run.cfg.train
+    result = evaluate(run.model, run.val_set, batch_size=max(t.batch_size, 16), device=run.device, seed=t.eval_seed,
+                      workers=run.cfg.data.workers if run.val_cache is None else 0, limit=t.eval_samples,
+                      cache=run.val_cache, amp=t.amp, progress=progress, references=not run.history)
+    record = {"step": run.step, "train_minutes": run.train_seconds / 60, "samples": run.expressions_seen,
+              **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "n")},
+              "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
+    if "references" in result:
+        record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
+    run.history.append(record)
+    with open(run.out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    log.info("step %d (%.1f min): %s", run.step, run.train_seconds / 60, format_results(result))
+    for k in ("oIoU", "mIoU", "prec@0.5"):
+        run.writer.add_scalar(f"val/{k}", result[k], run.step)
+    return result
+
+
+def save(run: Run) -> None:
+    """Write last.pt atomically (rank 0): weights, optimiser, step, RNG and the evaluation history."""
+    if run.rank != 0:
+        return
+    atomic_save({"format": FORMAT, "config": run.cfg.to_dict(), "vocab": run.vocab.to_list(),
+                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
+                 "train_seconds": run.train_seconds, "rng": capture_rng(), "history": run.history},
+                run.out / "last.pt")
+
+
+def _log_scalars(run: Run, bar, parts: dict[str, float]) -> None:
+    rate = run.expressions_seen / max(run.train_seconds, 1e-9)
+    lr = run.optimizer.param_groups[0]["lr"]
+    bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+    for k, v in parts.items():
+        run.writer.add_scalar(f"train/{k}", v, run.step)
+    run.writer.add_scalar("train/lr", lr, run.step)
+    run.writer.add_scalar("train/samples_per_s", rate, run.step)
+
+
+def _close(run: Run) -> None:
+    if run.writer is not None:
+        run.writer.close()
+        run.writer = None
+    if run.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _standardise_embedding(model: STEPModel, batch: dict, cache, device: torch.device) -> None:
@@ -385,7 +449,3 @@ def _denormalise(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (images * std + mean).clamp(0, 1)
-
-
-def with_iters(cfg: ExperimentConfig, iters: int | None) -> ExperimentConfig:
-    return cfg if iters is None else replace(cfg, train=replace(cfg.train, iters=iters))
