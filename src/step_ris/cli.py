@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .constants import EXPLAIN_VIEWS, MASK_THRESHOLD
+
 log = logging.getLogger("step_ris")
 
 
@@ -357,9 +359,10 @@ def _register_inference_commands(sub) -> None:
     p.add_argument("--out", help="write the mask here (PNG, 0/255, the image's size)")
     p.add_argument("--overlay", help="write the image with the mask drawn over it here")
     p.add_argument("--explain", help="write the Figure-4 view (word attention + per-step maps P_t) here")
-    p.add_argument("--view", choices=("attention", "similarity"), default="attention",
+    p.add_argument("--view", choices=EXPLAIN_VIEWS, default="attention",
                    help="matrix in --explain: alpha of Eq. 1 (default) or cosine of s_t and h_j")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the mask (default 0.5)")
+    p.add_argument("--threshold", type=float, default=MASK_THRESHOLD,
+                   help=f"probability threshold of the mask (default {MASK_THRESHOLD})")
     p.add_argument("--batch", metavar="PAIRS.jsonl", help="predict every line of this JSONL file")
     p.add_argument("--out-dir", help="--batch: folder for the masks (and results.jsonl)")
     p.add_argument("--results", help="--batch: results file (default OUT_DIR/results.jsonl); ids in it are skipped")

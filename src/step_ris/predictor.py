@@ -28,16 +28,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .constants import MASK_THRESHOLD
 from .data.image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .data.transforms import letterbox_image, unletterbox
 from .fileio import atomic_write_files, png_bytes
 from .model import STEPModel
 from .model.step import ImageEncoding
+from .precision import autocast, precision_name, resolve_precision
 from .text import UNK_ID, Vocabulary, tokenize
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.5  # the paper's (and the evaluator's) threshold on P
+THRESHOLD = MASK_THRESHOLD  # the paper's (and the evaluator's) threshold on P (constants.py)
 
 
 @dataclass
@@ -156,11 +158,13 @@ class Predictor:
         device: where the model runs.
         batch_size: expressions per forward pass when several share an image.
         max_pixels: decompression-bomb limit for decoded images.
+        precision: "fp32" (default), "bf16" or "auto" (bf16 where the GPU / CPU runs it fast;
+            ``step_ris.precision``). Outputs are float32 either way.
     """
 
     def __init__(self, model: STEPModel, vocab: Vocabulary, *, image_size: int, max_words: int = 20,
                  threshold: float = THRESHOLD, device: str | torch.device = "cpu", batch_size: int = 8,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32"):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold={threshold} must be between 0 and 1 (exclusive); the paper uses 0.5")
         if batch_size < 1:
@@ -173,6 +177,8 @@ class Predictor:
         self.threshold = float(threshold)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.dtype = resolve_precision(precision, self.device)  # None = float32
+        self.precision = precision_name(self.dtype)
         self.source = ""
         self.scores: dict = {}
         self.config = None
@@ -180,7 +186,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu", *,
                         threshold: float = THRESHOLD, batch_size: int = 8,
-                        max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Predictor:
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32") -> Predictor:
         """A predictor for a bundled model name, a model folder, a run folder, a checkpoint or ``hf-hub:org/name``.
 
         See ``pretrained.load_pretrained`` for what ``name_or_path`` may be; the other
@@ -191,7 +197,7 @@ class Predictor:
         loaded = load_pretrained(name_or_path, device=device)
         m = loaded.config.model
         predictor = cls(loaded.model, loaded.vocab, image_size=m.image_size, max_words=m.max_words, device=device,
-                        threshold=threshold, batch_size=batch_size, max_pixels=max_pixels)
+                        threshold=threshold, batch_size=batch_size, max_pixels=max_pixels, precision=precision)
         predictor.source, predictor.scores, predictor.config = loaded.source, loaded.scores, loaded.config
         return predictor
 
@@ -235,7 +241,7 @@ class Predictor:
             return image
         rgb = self.load(image)
         tensor, (h, w) = letterbox_image(rgb, self.image_size)  # (3, S, S), valid extent
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             encoding = self.model.encode(tensor.unsqueeze(0).to(self.device))  # batch 1
         return EncodedImage(size=(int(rgb.shape[0]), int(rgb.shape[1])), valid_hw=(h, w),
                             image_size=self.image_size, encoding=encoding, model_id=id(self.model))
@@ -293,8 +299,9 @@ class Predictor:
                 for row, q in enumerate(chunk):
                     tokens[row, : len(q.ids)] = torch.tensor(q.ids)
                 valid = torch.tensor([[h, w]], dtype=torch.int64).expand(len(chunk), 2)  # (B, 2)
-                result = self.model(None, tokens.to(self.device), valid.to(self.device), features=image.encoding,
-                                    return_intermediates=True)  # the batch-1 encoding is broadcast to B
+                with autocast(self.device, self.dtype):
+                    result = self.model(None, tokens.to(self.device), valid.to(self.device),
+                                        features=image.encoding, return_intermediates=True)  # batch 1 broadcast to B
                 probs = torch.sigmoid(result.logits.float())[:, 0].cpu()  # (B, S, S)
                 prob = unletterbox(probs, (h, w), (H, W)).clamp_(0, 1).numpy()  # (B, H, W)
                 steps = F.interpolate(result.step_logits.float(), size=(size, size), mode="bilinear",

@@ -21,13 +21,14 @@ import numpy as np
 from PIL import Image
 
 from ._extras import require
+from .constants import EXPLAIN_VIEWS
 from .data.image_io import ImageSource, load_image
 
 if TYPE_CHECKING:
     from .predictor import Prediction
 
 View = Literal["attention", "similarity"]
-VIEWS: tuple[str, ...] = ("attention", "similarity")
+VIEWS: tuple[str, ...] = EXPLAIN_VIEWS
 MASK_COLOR = (255, 40, 40)
 HEAT_CMAP = "jet"
 
