@@ -45,10 +45,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         text = str(e)
         found = re.search(r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+)", text)
         if found:  # a code-running object
-            raise ValueError(f"{path}: refused (it holds a {found.group(1) or found.group(2)} object): the file contains Python "
-                             "objects beyond tensors, numbers, strings and containers, and loading it could run "
-                             "code. step-ris reads only checkpoints that hold plain data, as written by step-ris "
-                             "train") from None
+            what = found.group(1) or found.group(2)
+            raise ValueError(f"{path}: refused (it holds a {what} object): the file contains Python objects beyond "
+                             "tensors, numbers, strings and containers, and loading it could run code. step-ris "
+                             "reads only checkpoints that hold plain data, as written by step-ris train") from None
         # torch's text ends with advice to load without weights_only; never repeat it, keep the cause
         detail = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", text, re.S)
         cause = detail.group(1).strip() if detail else text.splitlines()[0]
