@@ -5,6 +5,11 @@ thresholded at 0.5 and compared with the original mask. Beside the model, three 
 references are scored on the same samples, so a reader sees at once whether the model reads:
 the union of all annotated objects of the image, the largest object, and a random object.
 
+Samples are grouped by image: every image is decoded and encoded once (``STEPModel.encode``:
+the visual maps, phi of Eq. 2 and the image side of Eq. 1) and all its expressions run on that
+encoding, which is what makes evaluation on REFER-style data (several expressions per image)
+several times faster than one image pass per sample (``group_by_image=False``, same metrics).
+
 ``crf=True`` refines each probability map at the original resolution with a DenseCRF
 (``engine.crf``, the "+DCRF" post-processing of the baselines in Table 2) before thresholding.
 """
@@ -13,19 +18,21 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from ..data.dataset import ReferDataset, collate
 from ..data.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..data.transforms import unletterbox
 from ..model import STEPModel
+from ..precision import autocast, precision_name, resolve_precision
 from .features import CachedSamples, FeatureCache, collate_cached
-from .metrics import SegmentationMeter
+from .metrics import SegmentationMeter, intersection_union, iou_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -73,62 +80,218 @@ class ReferenceMasks:
 @torch.no_grad()
 def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, device: str | torch.device = "cpu",
              limit: int = 0, seed: int = 0, cache: FeatureCache | None = None, references: bool = True,
-             amp: bool = False, progress: bool = True, workers: int = 0, crf: bool = False) -> dict[str, Any]:
+             amp: bool = False, progress: bool = True, workers: int = 0, crf: bool = False,
+             precision: str | torch.dtype | None = None, group_by_image: bool = True,
+             per_sample: bool = False) -> dict[str, Any]:
     """Score ``model`` on ``dataset`` (or a seeded subset of ``limit`` samples).
+
+    ``group_by_image=True`` (default): the samples are grouped by image; each image is decoded
+    and letterboxed once (or its taps read from ``cache``), encoded once (``model.encode``: the
+    visual maps, phi of Eq. 2 and the image side of Eq. 1) and all its expressions run on that
+    encoding in chunks of ``batch_size``. ``False``: batches of ``batch_size`` samples, each with
+    its own image pass (the older path; the metrics are the same).
+
+    ``precision``: "fp32" | "bf16" | "auto" (``step_ris.precision``), or a dtype from
+    ``resolve_precision``; ``amp=True`` is the older spelling of "bf16". Probabilities are
+    computed in float32 either way.
 
     ``crf=True``: DenseCRF post-processing (``engine.crf.dense_crf`` with its default parameters)
     of each probability map at the original resolution, on the original photo; needs pydensecrf2.
 
     Returns the metrics of ``SegmentationMeter.summary()`` (oIoU, mIoU, prec@X, n, by_family)
-    with ``references`` (the same metrics for each non-learned reference) and ``split``; with
-    ``crf=True`` also ``crf`` (the CRF parameters used).
+    with ``references`` (the same metrics for each non-learned reference), ``split`` and
+    ``precision``; with ``crf=True`` also ``crf`` (the CRF parameters used); with
+    ``per_sample=True`` also ``samples``: one record per sample (index, image_id, family,
+    intersection, union, iou) in sample order.
     """
-    if crf:
-        from .crf import DEFAULT_PARAMS, dense_crf, require_densecrf
-
-        require_densecrf()  # a missing package fails before any work
-        photos = _OriginalImages(dataset)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    dtype = resolve_precision("bf16" if amp and precision is None else precision, device)
+    scorer = _Scorer(dataset, references=references, seed=seed, crf=crf)  # a missing CRF package fails here
     was_training = model.training
     model.eval()
     indices = subset_indices(len(dataset), limit, seed)
+    position = {index: k for k, index in enumerate(indices)}
+    desc = f"eval {dataset.dataset_name}:{dataset.split}"
+    try:
+        if group_by_image:
+            chunks = _by_image(model, dataset, indices, batch_size=batch_size, device=device, cache=cache,
+                               dtype=dtype, workers=workers, progress=progress, desc=desc)
+        else:
+            chunks = _by_batch(model, dataset, indices, batch_size=batch_size, device=device, cache=cache,
+                               dtype=dtype, workers=workers, progress=progress, desc=desc)
+        for batch_indices, probs, valid_hw, families in chunks:
+            for k, index in enumerate(batch_indices):
+                scorer.score(position[index], index, probs[k], valid_hw[k], families[k])
+    finally:
+        model.train(was_training)
+    result = scorer.summary(indices, per_sample=per_sample)
+    result["split"] = f"{dataset.dataset_name}:{dataset.split}"
+    result["precision"] = precision_name(dtype)
+    return result
+
+
+Chunk = tuple[list[int], torch.Tensor, torch.Tensor, list[str]]
+"""Sample indices, probabilities (B, S, S) float32 on the CPU, valid_hw (B, 2), families."""
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) logits of any dtype -> (B, S, S) float32 probabilities on the CPU."""
+    return torch.sigmoid(logits.float())[:, 0].cpu()
+
+
+def _by_batch(model: STEPModel, dataset: ReferDataset, indices: list[int], *, batch_size: int, device,
+              cache: FeatureCache | None, dtype: torch.dtype | None, workers: int, progress: bool,
+              desc: str) -> Iterator[Chunk]:
+    """Batches of ``batch_size`` samples in sample order; every sample runs its own image pass."""
     if cache is not None:
         loader = DataLoader(Subset(CachedSamples(dataset, cache), indices), batch_size=batch_size,
                             collate_fn=collate_cached)
     else:
         loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate, num_workers=workers)
-    meter = SegmentationMeter()
-    ref_meters = {name: SegmentationMeter() for name in REFERENCES} if references else {}
-    refs = ReferenceMasks(dataset, seed) if references else None
-    device_type = torch.device(device).type
-    for batch in tqdm(loader, desc=f"eval {dataset.dataset_name}:{dataset.split}", unit="batch",
-                      disable=not progress, leave=False):
-        tokens = batch["tokens"].to(device)
-        valid = batch["valid_hw"].to(device)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            if cache is not None:
-                features = model.visual.add_coordinates(cache.get(batch["row"], device))
-                out = model(None, tokens, valid, features=features)
-            else:
-                out = model(batch["image"].to(device), tokens, valid)
-        probs = torch.sigmoid(out.logits.float())[:, 0].cpu()  # (B, S, S)
-        for k, index in enumerate(batch["index"].tolist()):
-            target = dataset.original_mask(index).astype(bool)
-            prob = unletterbox(probs[k], batch["valid_hw"][k], target.shape).numpy()  # (H, W)
-            if crf:
-                prob = dense_crf(photos(index, target.shape), prob)  # (H, W)
-            family = batch["family"][k]
-            meter.update(prob >= THRESHOLD, target, family)
-            if refs is not None:
-                for name, pred in refs(dataset.meta(index)["image_id"], index).items():
-                    ref_meters[name].update(pred, target, family)
-    model.train(was_training)
-    result = meter.summary()
-    result["split"] = f"{dataset.dataset_name}:{dataset.split}"
-    if references:
-        result["references"] = {name: m.summary() for name, m in ref_meters.items()}
-    if crf:
-        result["crf"] = dict(DEFAULT_PARAMS)
-    return result
+    with tqdm(total=len(indices), desc=desc, unit="expr", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            tokens = batch["tokens"].to(device)
+            valid = batch["valid_hw"].to(device)
+            with autocast(device, dtype):
+                if cache is not None:
+                    features = model.visual.add_coordinates(cache.get(batch["row"], device))
+                    out = model(None, tokens, valid, features=features)
+                else:
+                    out = model(batch["image"].to(device), tokens, valid)
+            yield batch["index"].tolist(), _probabilities(out.logits), batch["valid_hw"], batch["family"]
+            bar.update(len(batch["family"]))
+
+
+def image_groups(dataset: ReferDataset, indices: list[int]) -> list[list[int]]:
+    """The sample indices of each image, images in order of first appearance, samples in order."""
+    groups: dict[int, list[int]] = {}
+    for index in indices:
+        groups.setdefault(dataset.meta(index)["image_id"], []).append(index)
+    return list(groups.values())
+
+
+class ImageGroups(Dataset):
+    """One item per image: its letterboxed tensor (or its row of a feature cache) and its expressions.
+
+    Item: ``indices`` (the samples), ``tokens`` (one (L_i,) int64 per sample), ``family`` (str
+    per sample), ``valid_hw`` (2,) and ``image`` (3, S, S) (without a cache) or ``row`` (with one).
+    The image is the one ``dataset[i]`` returns for each of its samples.
+    """
+
+    def __init__(self, dataset: ReferDataset, groups: list[list[int]], cache: FeatureCache | None = None):
+        self.dataset = dataset
+        self.groups = groups
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, g: int) -> dict[str, Any]:
+        indices = self.groups[g]
+        item: dict[str, Any] = {
+            "indices": list(indices),
+            "tokens": [torch.tensor(self.dataset.token_ids(i), dtype=torch.int64) for i in indices],
+            "family": [self.dataset.meta(i)["family"] for i in indices],
+        }
+        if self.cache is not None:
+            row = self.cache.rows[self.dataset.meta(indices[0])["image_id"]]
+            item["row"] = row
+            item["valid_hw"] = self.cache.valid_hw[row]
+        else:
+            sample = self.dataset[indices[0]]  # decoded and letterboxed once for all its expressions
+            item["image"] = sample["image"]
+            item["valid_hw"] = sample["valid_hw"]
+        return item
+
+
+def _pad(tokens: list[torch.Tensor]) -> torch.Tensor:
+    """Token id vectors -> (B, L) padded with 0 to the longest (as ``data.dataset.collate``)."""
+    out = torch.zeros(len(tokens), max(t.numel() for t in tokens), dtype=torch.int64)
+    for row, t in enumerate(tokens):
+        out[row, : t.numel()] = t
+    return out
+
+
+def _by_image(model: STEPModel, dataset: ReferDataset, indices: list[int], *, batch_size: int, device,
+              cache: FeatureCache | None, dtype: torch.dtype | None, workers: int, progress: bool,
+              desc: str) -> Iterator[Chunk]:
+    """Per image: one encoding, then its expressions in chunks of ``batch_size``."""
+    groups = image_groups(dataset, indices)
+    loader = DataLoader(ImageGroups(dataset, groups, cache), batch_size=None, shuffle=False,
+                        num_workers=0 if cache is not None else workers)
+    done = 0
+    with tqdm(total=len(groups), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for item in loader:
+            with autocast(device, dtype):
+                if cache is not None:
+                    rows = torch.tensor([item["row"]], dtype=torch.int64)
+                    encoding = model.encode(maps=model.visual.add_coordinates(cache.get(rows, device)))
+                else:
+                    encoding = model.encode(item["image"].unsqueeze(0).to(device))  # batch 1, broadcast below
+            valid_hw = item["valid_hw"].view(1, 2)
+            for start in range(0, len(item["indices"]), batch_size):
+                stop = start + batch_size
+                tokens = _pad(item["tokens"][start:stop]).to(device)  # (B, L)
+                valid = valid_hw.expand(tokens.shape[0], 2)  # (B, 2)
+                with autocast(device, dtype):
+                    out = model(None, tokens, valid.to(device), features=encoding)
+                yield item["indices"][start:stop], _probabilities(out.logits), valid, item["family"][start:stop]
+            done += len(item["indices"])
+            bar.update(1)
+            bar.set_postfix(expressions=done, refresh=False)
+
+
+class _Scorer:
+    """Per-sample counts of the model (and the references), added to the meters in sample order."""
+
+    def __init__(self, dataset: ReferDataset, *, references: bool, seed: int, crf: bool):
+        self.dataset = dataset
+        self.crf = crf
+        if crf:
+            from .crf import require_densecrf
+
+            require_densecrf()  # a missing package fails before any work
+            self.photos = _OriginalImages(dataset)
+        self.refs = ReferenceMasks(dataset, seed) if references else None
+        self.counts: dict[int, tuple[int, int, str]] = {}  # position -> (intersection, union, family)
+        self.ref_counts: dict[int, dict[str, tuple[int, int]]] = {}
+
+    def score(self, position: int, index: int, prob: torch.Tensor, valid_hw: torch.Tensor, family: str) -> None:
+        """Score sample ``index`` from its letterboxed probabilities ``prob`` (S, S)."""
+        target = self.dataset.original_mask(index).astype(bool)
+        p = unletterbox(prob, valid_hw, target.shape).numpy()  # (H, W)
+        if self.crf:
+            from .crf import dense_crf
+
+            p = dense_crf(self.photos(index, target.shape), p)  # (H, W)
+        self.counts[position] = (*intersection_union(p >= THRESHOLD, target), family)
+        if self.refs is not None:
+            masks = self.refs(self.dataset.meta(index)["image_id"], index)
+            self.ref_counts[position] = {name: intersection_union(m, target) for name, m in masks.items()}
+
+    def summary(self, indices: list[int], *, per_sample: bool) -> dict[str, Any]:
+        meter = SegmentationMeter()
+        ref_meters = {name: SegmentationMeter() for name in REFERENCES}
+        for position in range(len(indices)):
+            inter, union, family = self.counts[position]
+            meter.add(inter, union, family)
+            for name, (i, u) in self.ref_counts.get(position, {}).items():
+                ref_meters[name].add(i, u, family)
+        result = meter.summary()
+        if self.refs is not None:
+            result["references"] = {name: m.summary() for name, m in ref_meters.items()}
+        if self.crf:
+            from .crf import DEFAULT_PARAMS
+
+            result["crf"] = dict(DEFAULT_PARAMS)
+        if per_sample:
+            result["samples"] = [
+                {"index": index, "image_id": self.dataset.meta(index)["image_id"], "family": self.counts[k][2],
+                 "intersection": self.counts[k][0], "union": self.counts[k][1],
+                 "iou": iou_from_counts(*self.counts[k][:2])}
+                for k, index in enumerate(indices)]
+        return result
 
 
 class _OriginalImages:
