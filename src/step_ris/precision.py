@@ -36,10 +36,10 @@ def _notice(level: int, message: str, *args) -> None:
         log.log(level, text)
 
 
-def _cpuinfo_flags(path: Path = CPUINFO) -> set[str]:
-    """The ``flags`` of the first processor in /proc/cpuinfo (empty where there is no such file)."""
+def _cpuinfo_flags(path: Path | None = None) -> set[str]:
+    """The ``flags`` of the first processor in ``path`` (/proc/cpuinfo; empty where there is no such file)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = (path or CPUINFO).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return set()
     for line in text.splitlines():
