@@ -203,3 +203,16 @@ def test_eval_command_precision_threads_and_json(tmp_path_factory, tmp_path, cap
     with pytest.raises(SystemExit):
         main(["eval", "--checkpoint", "x", "--dataset", "shapesref", "--root", ".", "--split", "val",
               "--precision", "fp16"])
+
+
+def test_explicit_indices_are_scored_in_their_order(shapes):
+    model, data, _ = _model_and_dataset(shapes)
+    chosen = [9, 2, 30, 3]
+    result = evaluate(model, data, batch_size=2, progress=False, references=False, per_sample=True, indices=chosen)
+    assert [r["index"] for r in result["samples"]] == chosen and result["n"] == 4
+    same = evaluate(model, data, batch_size=2, progress=False, references=False, per_sample=True,
+                    indices=chosen, group_by_image=False)
+    assert same == result
+    for bad, what in (([0, len(data)], "out of range"), ([1, 1], "repeats"), ([], "none")):
+        with pytest.raises(ValueError, match=what):
+            evaluate(model, data, progress=False, indices=bad)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,8 +82,8 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
              limit: int = 0, seed: int = 0, cache: FeatureCache | None = None, references: bool = True,
              amp: bool = False, progress: bool = True, workers: int = 0, crf: bool = False,
              precision: str | torch.dtype | None = None, group_by_image: bool = True,
-             per_sample: bool = False) -> dict[str, Any]:
-    """Score ``model`` on ``dataset`` (or a seeded subset of ``limit`` samples).
+             per_sample: bool = False, indices: Sequence[int] | None = None) -> dict[str, Any]:
+    """Score ``model`` on ``dataset`` (or a seeded subset of ``limit`` samples, or the samples ``indices``).
 
     ``group_by_image=True`` (default): the samples are grouped by image; each image is decoded
     and letterboxed once (or its taps read from ``cache``), encoded once (``model.encode``: the
@@ -98,6 +98,8 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
     ``crf=True``: DenseCRF post-processing (``engine.crf.dense_crf`` with its default parameters)
     of each probability map at the original resolution, on the original photo; needs pydensecrf2.
 
+    ``indices``: score exactly these samples, in this order (instead of ``limit`` / ``seed``).
+
     Returns the metrics of ``SegmentationMeter.summary()`` (oIoU, mIoU, prec@X, n, by_family)
     with ``references`` (the same metrics for each non-learned reference), ``split`` and
     ``precision``; with ``crf=True`` also ``crf`` (the CRF parameters used); with
@@ -108,9 +110,17 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     dtype = resolve_precision("bf16" if amp and precision is None else precision, device)
     scorer = _Scorer(dataset, references=references, seed=seed, crf=crf)  # a missing CRF package fails here
+    if indices is None:
+        indices = subset_indices(len(dataset), limit, seed)
+    else:
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(dataset)]
+        if bad or len(set(indices)) != len(indices) or not indices:
+            raise ValueError(f"indices must be distinct sample positions of {dataset.dataset_name}:{dataset.split} "
+                             f"(0 .. {len(dataset) - 1}), at least one; got "
+                             + (f"{bad[:5]} out of range" if bad else "repeats" if indices else "none"))
     was_training = model.training
     model.eval()
-    indices = subset_indices(len(dataset), limit, seed)
     position = {index: k for k, index in enumerate(indices)}
     desc = f"eval {dataset.dataset_name}:{dataset.split}"
     try:
