@@ -18,7 +18,7 @@ from step_ris.data.shapesref import generate_shapesref
 from step_ris.engine import train as train_module
 from step_ris.engine.checkpoint import load_checkpoint
 from step_ris.engine.schedule import poly_lr
-from step_ris.engine.train import StepBatchSampler, TrainingError, train
+from step_ris.engine.train import ImageGroupedBatchSampler, StepBatchSampler, TrainingError, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -129,6 +129,38 @@ def test_sigterm_saves_and_exits_cleanly(shapes, tmp_path):
     assert ckpt["step"] > 0
     assert main(["train", "--out", str(out), "--resume", "--iters", str(ckpt["step"] + 2), "--quiet"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == ckpt["step"] + 2
+
+
+def test_image_grouped_batches_are_a_function_of_the_step():
+    image_of = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3]
+    a = ImageGroupedBatchSampler(image_of, 4, 2, 0, 5, seed=1)
+    b = ImageGroupedBatchSampler(image_of, 4, 2, 3, 5, seed=1)
+    assert [a.indices(s) for s in (3, 4)] == list(b)
+    for s in range(5):
+        batch = a.indices(s)
+        assert len(batch) == 4
+        pairs = [batch[:2], batch[2:]]
+        for pair in pairs:
+            assert len({image_of[i] for i in pair}) == 1  # two sentences of one image
+            if image_of.count(image_of[pair[0]]) >= 2:
+                assert pair[0] != pair[1]  # drawn without replacement when the image has enough
+        assert image_of[pairs[0][0]] != image_of[pairs[1][0]]
+    with pytest.raises(ValueError, match="sentences_per_image=3 must be >= 1 and divide"):
+        apply_overrides(get_preset("tiny"), ["train.sentences_per_image=3"])
+
+
+def test_fast_switches_train_and_resume_like_a_straight_run(shapes, tmp_path):
+    cfg = tiny(shapes, "model.freeze_backbone=true", "train.batch_size=4", "train.sentences_per_image=2",
+               "train.channels_last=true", "train.precision=bf16", "train.iters=4", "train.checkpoint_every=100")
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=2)
+    train(cfg, tmp_path / "split", progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+    assert all(torch.isfinite(v).all() for v in a["model"].values() if v.is_floating_point())
 
 
 def test_resume_on_a_finished_run_appends_nothing(shapes, tmp_path):

@@ -25,6 +25,7 @@ Norm = Literal["none", "layer"]
 FirstStep = Literal["final-state", "uniform"]
 Encoder = Literal["bilstm", "lstm"]
 QNorm = Literal["none", "max", "minmax"]
+Precision = Literal["fp32", "bf16", "auto"]
 Init = Literal["pytorch", "xavier", "xavier-positive-bias", "data"]
 
 
@@ -97,7 +98,11 @@ class TrainConfig:
     warmup_iters: int = 0
     loss_all_steps: bool = False  # supervise every P_t, not only P_T (docs/model.md, choice 13)
     dice_weight: float = 0.0  # add Dice to BCE when > 0
-    amp: bool = False  # bf16 autocast (CPU and GPU)
+    amp: bool = False  # old name of precision=bf16 (kept: true means bf16)
+    precision: Precision = "fp32"  # autocast: fp32 | bf16 | auto (bf16 where the CPU or GPU has it; precision.py)
+    channels_last: bool = False  # NHWC memory format for the convolutions (faster with mkldnn / cuDNN)
+    sentences_per_image: int = 1  # K > 1: a batch is B/K images x K of their sentences, each image encoded once
+    compile: bool = False  # torch.compile the model (CUDA mainly; off by default)
     grad_clip: float = 0.0  # 0 = off
     seed: int = 0
     log_every: int = 20
@@ -376,6 +381,9 @@ def _validate(cfg: ExperimentConfig) -> None:
         (m.pixel_temperature > 0, f"model.pixel_temperature={m.pixel_temperature} must be > 0"),
         (m.embed_kernel in (1, 3), f"model.embed_kernel={m.embed_kernel} must be 1 or 3"),
         (cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1"),
+        (cfg.train.sentences_per_image >= 1 and cfg.train.batch_size % cfg.train.sentences_per_image == 0,
+         f"train.sentences_per_image={cfg.train.sentences_per_image} must be >= 1 and divide "
+         f"train.batch_size={cfg.train.batch_size}"),
         (cfg.train.iters >= 1, f"train.iters={cfg.train.iters} must be >= 1"),
         (cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be > 0"),
     ]

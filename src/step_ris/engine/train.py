@@ -37,6 +37,7 @@ from ..config import ExperimentConfig
 from ..data.dataset import ReferDataset, build_vocab, collate
 from ..data.refer import ReferData
 from ..model import STEPModel, build_model
+from ..precision import autocast, precision_name, resolve_precision
 from ..text import Vocabulary
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
 from .diagnostics import gradient_norms, heatmap_stats
@@ -80,6 +81,34 @@ class StepBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
+
+
+class ImageGroupedBatchSampler(StepBatchSampler):
+    """Batches of B/K images x K sentences each, for steps ``start .. stop - 1`` (a pure function of the step).
+
+    The images follow one seeded permutation per epoch (an epoch = every image once); the K
+    sentences of an image at a step are drawn by a generator seeded with (seed, step, image),
+    without replacement when the image has K or more. ``image_of[i]``: the image of sample i.
+    """
+
+    def __init__(self, image_of: list[int], batch_size: int, per_image: int, start: int, stop: int, *,
+                 seed: int = 0, world: int = 1, rank: int = 0):
+        groups: dict[int, list[int]] = {}
+        for index, image in enumerate(image_of):
+            groups.setdefault(image, []).append(index)
+        self.groups = list(groups.values())
+        self.per_image = per_image
+        super().__init__(len(self.groups), batch_size // per_image, start, stop, seed=seed, world=world, rank=rank)
+        self.batch_size = batch_size
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        for g in super().indices(step):  # B/K image groups
+            members = self.groups[g]
+            rng = np.random.default_rng((self.seed, step, g))
+            pick = rng.choice(len(members), size=self.per_image, replace=len(members) < self.per_image)
+            out.extend(members[int(k)] for k in pick)
+        return out
 
 
 DIST_TIMEOUT = timedelta(hours=2)  # rank 0 evaluates while the others wait in a collective
@@ -163,6 +192,7 @@ class Run:
     step: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    precision: torch.dtype | None = None  # the autocast dtype (None: float32)
 
     @property
     def expressions_seen(self) -> int:
@@ -274,6 +304,8 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
     vectors, known = (None, None) if ckpt else load_vectors_for(cfg, vocab)
     model = build_model(cfg.model, len(vocab), word_vectors=vectors, known_words=known,
                         load_backbone_weights=ckpt is None).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     step, train_seconds, history = 0, 0.0, []
@@ -290,6 +322,8 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
     # The 1x1-conv refiner without Eq. 1 computes P_t (its head) for the loss only.
     unused = cfg.model.cell == "conv1x1" and not cfg.model.use_ltr and not t.loss_all_steps
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if world > 1 else model
+    if t.compile:
+        net = torch.compile(net)
 
     # samples: frozen-backbone taps come from a cache, so images are decoded once per run
     cache = val_cache = None
@@ -307,7 +341,12 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
         source, collate_fn = CachedSamples(train_set, cache), collate_cached
     else:
         source, collate_fn = train_set, collate
-    sampler = StepBatchSampler(len(source), t.batch_size, step, t.iters, seed=t.seed, world=world, rank=rank)
+    if t.sentences_per_image > 1:
+        image_of = [train_set.meta(i)["image_id"] for i in range(len(train_set))]
+        sampler = ImageGroupedBatchSampler(image_of, t.batch_size, t.sentences_per_image, step, t.iters,
+                                           seed=t.seed, world=world, rank=rank)
+    else:
+        sampler = StepBatchSampler(len(source), t.batch_size, step, t.iters, seed=t.seed, world=world, rank=rank)
     loader = DataLoader(source, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.data.workers,
                         persistent_workers=False)
     if cfg.model.embed_init == "data" and ckpt is None:
@@ -320,9 +359,11 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
+    precision = resolve_precision("bf16" if t.amp else t.precision, device)
+    log.info("training in %s on %s", precision_name(precision), device)
     return Run(cfg=cfg, out=out, device=device, rank=rank, world=world, vocab=vocab, model=model, net=net,
                params=params, optimizer=optimizer, val_set=val_set, cache=cache, val_cache=val_cache, loader=loader,
-               writer=writer, step=step, train_seconds=train_seconds, history=history)
+               writer=writer, step=step, train_seconds=train_seconds, history=history, precision=precision)
 
 
 def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
@@ -335,13 +376,21 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         group["lr"] = poly_lr(run.step, base_lr=t.lr, max_steps=t.iters, power=t.poly_power, warmup=t.warmup_iters)
     tokens, valid = batch["tokens"].to(device), batch["valid_hw"].to(device)
     diagnose = t.diagnostics and run.rank == 0 and (run.step + 1) % t.log_every == 0
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.amp):
+    memory = torch.channels_last if t.channels_last else torch.contiguous_format
+    with autocast(device, run.precision):
         intermediates = t.loss_all_steps or diagnose
         if run.cache is not None:
-            features = model.visual.add_coordinates(run.cache.get(batch["row"], device))
+            rows, inverse = batch["row"].unique(return_inverse=True)  # each image of the batch once
+            maps = [m.contiguous(memory_format=memory)
+                    for m in model.visual.add_coordinates(run.cache.get(rows, device))]
+            if run.world == 1 and len(rows) < len(inverse):
+                features = model.encode(maps=maps).index(inverse.to(device))  # phi, Eq. 1 keys: once per image
+            else:
+                features = [m[inverse.to(device)] for m in maps]
             result = run.net(None, tokens, valid, features=features, return_intermediates=intermediates)
         else:
-            result = run.net(batch["image"].to(device), tokens, valid, return_intermediates=intermediates)
+            images = batch["image"].to(device).contiguous(memory_format=memory)
+            result = run.net(images, tokens, valid, return_intermediates=intermediates)
     loss, parts = segmentation_loss(result.logits, batch["mask"].to(device),
                                     step_logits=result.step_logits if t.loss_all_steps else None,
                                     dice_weight=t.dice_weight)
@@ -356,7 +405,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
     if _any_rank(bad, run.world, device):
         raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {run.step}; the last "
                             f"good checkpoint is {run.out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
-                            "or turn off train.amp")
+                            "or use train.precision=fp32")
     run.optimizer.step()
     run.step += 1
     return parts, result
@@ -367,7 +416,7 @@ def evaluate_and_log(run: Run, progress: bool) -> dict[str, Any]:
     t = run.cfg.train
     result = evaluate(run.model, run.val_set, batch_size=max(t.batch_size, 16), device=run.device, seed=t.eval_seed,
                       workers=run.cfg.data.workers if run.val_cache is None else 0, limit=t.eval_samples,
-                      cache=run.val_cache, amp=t.amp, progress=progress, references=not run.history)
+                      cache=run.val_cache, precision=run.precision, progress=progress, references=not run.history)
     record = {"step": run.step, "train_minutes": run.train_seconds / 60, "samples": run.expressions_seen,
               **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "n")},
               "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}

@@ -77,6 +77,11 @@ class ImageEncoding:
     def batch(self) -> int:
         return self.maps[0].shape[0]
 
+    def index(self, rows: torch.Tensor) -> ImageEncoding:
+        """The encoding of images ``rows`` (B',) of this batch, e.g. one image per expression."""
+        return ImageEncoding(maps=[m[rows] for m in self.maps], phi={k: v[rows] for k, v in self.phi.items()},
+                             keys={k: v[rows] for k, v in self.keys.items()})
+
 
 @dataclass
 class STEPOutput:
