@@ -49,7 +49,8 @@ def cmd_data_shapesref(args) -> int:
     from .data.shapesref import generate_shapesref
 
     summary = generate_shapesref(Path(args.out), images=args.images, seed=args.seed, size=args.size,
-                                 progress=not args.quiet, occlusion=not args.no_occlusion, overwrite=args.overwrite)
+                                 progress=not args.quiet, occlusion=not args.no_occlusion, overwrite=args.overwrite,
+                                 generalized=args.generalized)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
     q.add_argument("--no-occlusion", action="store_true", help="never let objects overlap")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier ShapesRef output in --out")
+    q.add_argument("--generalized", action="store_true",
+                   help="also write ShapesRef-g (shapesref-g/, gRefCOCO layout): no-target and multi-target "
+                        "expressions beside the single-target ones (docs/shapesref.md)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_data_shapesref)
     q = data_sub.add_parser("check", help="verify a dataset folder and count images, refs, sentences")

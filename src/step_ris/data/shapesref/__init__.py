@@ -9,6 +9,8 @@ logical form that the evaluator grounds to exactly its referent. Written in the 
     ROOT/shapesref+/instances.json             same instances (identical bytes)
     ROOT/shapesref+/refs(unc).p                refs without absolute location words
     ROOT/shapesref_manifest.json               generator parameters and counts
+    ROOT/shapesref-g/instances.json            generalized=True only: same instances, and
+    ROOT/shapesref-g/grefs(unc).json           ShapesRef-g refs (gRefCOCO layout: no-target, multi-target)
 
 See docs/shapesref.md for the families, phrasings and splits. The modules of this package, each
 importing only the ones listed before it:
@@ -25,8 +27,19 @@ from __future__ import annotations
 
 from ..refer import load_refs
 from .analysis import load_shapesref, referent_bias_report
-from .logic import evaluate_logical_form, form_to_dict
-from .plan import DATASETS, FAMILIES, SPLITS, FamilyBalancer, PlannedRef, plan_refs
+from .logic import evaluate_logical_form, form_to_dict, logical_form_rules_out_all
+from .plan import (
+    DATASETS,
+    FAMILIES,
+    G_DATASET,
+    G_FAMILIES,
+    MULTI_TARGET_SHARE,
+    NO_TARGET_SHARE,
+    SPLITS,
+    FamilyBalancer,
+    PlannedRef,
+    plan_refs,
+)
 from .scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
 from .writer import (
     COORD_DECIMALS,
@@ -34,6 +47,7 @@ from .writer import (
     DEFAULT_SPLIT_RATIOS,
     FORMAT_VERSION,
     GENERATOR_NAME,
+    GREFS_FILE,
     IMAGE_SUBDIR,
     INSTANCES,
     MANIFEST,
@@ -63,6 +77,9 @@ __all__ = [
     "referent_bias_report",
     "split_counts",
 ]
+
+# ShapesRef-g (generalized=True): importable from here, beside the single-target API above.
+_GENERALIZED = (G_DATASET, G_FAMILIES, NO_TARGET_SHARE, MULTI_TARGET_SHARE, GREFS_FILE, logical_form_rules_out_all)
 
 # Names the single-module shapesref.py had at module level, kept importable from here.
 _COMPAT = (load_refs, form_to_dict, FamilyBalancer, PlannedRef, plan_refs, SHAPES, Scene, make_scene, render_scene,

@@ -10,18 +10,25 @@ from pathlib import Path
 import numpy as np
 
 from ..refer import load_refs
-from .plan import DATASETS
-from .writer import INSTANCES, REFS_FILE
+from .plan import DATASETS, G_DATASET
+from .writer import GREFS_FILE, INSTANCES, REFS_FILE
 
 
 def load_shapesref(root: Path | str, dataset: str = "shapesref") -> tuple[dict, list[dict]]:
-    """``(instances, refs)`` of a generated dataset (``shapesref`` or ``shapesref+``)."""
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    """``(instances, refs)`` of a generated dataset (``shapesref``, ``shapesref+`` or ``shapesref-g``).
+
+    ``shapesref-g`` refs are returned as stored (the gRefCOCO form: ``ann_id`` a list, ``no_target``).
+    """
+    if dataset not in (*DATASETS, G_DATASET):
+        raise ValueError(f"dataset must be one of {(*DATASETS, G_DATASET)}, got {dataset!r}")
     base = Path(root) / dataset
-    if not (base / INSTANCES).is_file() or not (base / REFS_FILE).is_file():
-        raise ValueError(f"{base} does not hold {INSTANCES} and {REFS_FILE}; is {root} a ShapesRef output?")
+    refs_file = GREFS_FILE if dataset == G_DATASET else REFS_FILE
+    if not (base / INSTANCES).is_file() or not (base / refs_file).is_file():
+        hint = " made with generalized=True (--generalized)" if dataset == G_DATASET else ""
+        raise ValueError(f"{base} does not hold {INSTANCES} and {refs_file}; is {root} a ShapesRef output{hint}?")
     instances = json.loads((base / INSTANCES).read_text())
+    if dataset == G_DATASET:
+        return instances, json.loads((base / refs_file).read_text())
     return instances, load_refs(base / REFS_FILE)  # the restricted unpickler of the REFER reader
 
 

@@ -13,8 +13,11 @@ import numpy as np
 
 from .logic import (
     SIZE_COMPARISONS,
+    All,
+    Both,
     Compare,
     Extreme,
+    Extremes,
     Filter,
     Form,
     Ordinal,
@@ -95,6 +98,19 @@ COMPARE_AXIS_TEMPLATES: dict[str, tuple[str, ...]] = {
     "bottom": ("the lower of the two {nps}", "the lower {np}", "the bottom one of the two {nps}",
                "of the two {nps}, the lower one"),
 }
+# Several referents (ShapesRef-g): "both X", "all X", "the two leftmost X".
+BOTH_TEMPLATES: tuple[str, ...] = ("both {nps}", "both of the {nps}", "both the {nps}", "the two {nps}")
+ALL_TEMPLATES: tuple[str, ...] = ("all {nps}", "all the {nps}", "all of the {nps}", "every {np}")
+EXTREMES_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "left": ("the two leftmost {nps}", "the two {nps} furthest to the left", "the two {nps} farthest left",
+             "the first two {nps} from the left", "two leftmost {nps}"),
+    "right": ("the two rightmost {nps}", "the two {nps} furthest to the right", "the two {nps} farthest right",
+              "the first two {nps} from the right", "two rightmost {nps}"),
+    "top": ("the two topmost {nps}", "the two highest {nps}", "the two uppermost {nps}",
+            "the two {nps} nearest the top", "the first two {nps} from the top"),
+    "bottom": ("the two bottommost {nps}", "the two lowest {nps}", "the two {nps} nearest the bottom",
+               "the first two {nps} from the bottom"),
+}
 
 # Words that make an expression depend on absolute or directional location; none may appear in
 # ShapesRef+ (distance relations "nearest to", "next to", "farthest from" are allowed, as "next
@@ -167,6 +183,10 @@ def _compare(form: Compare, rng: np.random.Generator) -> str:
                            nps=noun_phrase(form.of, rng, plural=True))
 
 
+def _plural(templates: tuple[str, ...], of: Filter, rng: np.random.Generator) -> str:
+    return _pick(rng, templates).format(np=noun_phrase(of, rng), nps=noun_phrase(of, rng, plural=True))
+
+
 def realise(form: Form, rng: np.random.Generator) -> str:
     """One English phrasing of ``form`` (the raw sentence, lower case, maybe a command)."""
     if isinstance(form, Filter):
@@ -179,6 +199,12 @@ def realise(form: Form, rng: np.random.Generator) -> str:
         body = _ordinal(form, rng)
     elif isinstance(form, Compare):
         body = _compare(form, rng)
+    elif isinstance(form, Both):
+        body = _plural(BOTH_TEMPLATES, form.of, rng)
+    elif isinstance(form, All):
+        body = _plural(ALL_TEMPLATES, form.of, rng)
+    elif isinstance(form, Extremes):
+        body = _plural(EXTREMES_TEMPLATES[form.direction], form.of, rng)
     else:
         raise ValueError(f"not a logical form: {form!r}")
     if body.startswith("the ") and rng.random() < PREFIX_PROBABILITY:

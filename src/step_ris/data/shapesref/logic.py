@@ -10,6 +10,17 @@ A form is a small tree:
   right / top / bottom, or by size ("second smallest").
 - ``Compare(of, direction)``: of exactly two ``of`` objects, the bigger / smaller / left / ...
 
+Several referents (ShapesRef-g, generalized referring segmentation):
+
+- ``Both(of)``: the two ``of`` objects, when exactly two fit ("both red circles").
+- ``All(of)``: every ``of`` object, when at least two fit ("all squares").
+- ``Extremes(of, direction, count)``: the ``count`` (2) ``of`` objects furthest towards
+  ``direction``, of at least ``count + 1`` ("the two leftmost stars").
+
+No referent: :func:`rules_out_all` proves that a form denotes nothing *clearly* (its head shape is in
+the scene and an attribute, a half-plane or cone relation, or an ordinal excludes every candidate),
+as opposed to the empty answer the evaluator gives for a geometric near tie.
+
 Objects are dicts with ``shape``, ``colour``, ``size`` and ``position`` = ``[x, y]`` of the
 centre as a fraction of the image side (y down). Geometry is judged with margins: when an
 object is too close to call (e.g. two candidates almost equally far left), the form denotes
@@ -45,6 +56,8 @@ ORDERS: tuple[str, ...] = (*AXIS_DIRECTIONS, *SIZE_ORDERS)
 SIZE_COMPARISONS: tuple[str, ...] = ("bigger", "smaller")
 COMPARISONS: tuple[str, ...] = (*SIZE_COMPARISONS, *AXIS_DIRECTIONS)
 ORDINAL_INDICES: tuple[int, ...] = (2, 3)
+EXTREMES_COUNTS: tuple[int, ...] = (2,)  # "the two leftmost"
+OPS: tuple[str, ...] = ("filter", "extreme", "relate", "ordinal", "compare", "both", "all", "extremes")
 
 
 @dataclass(frozen=True)
@@ -89,7 +102,24 @@ class Compare:
     direction: str
 
 
-Form = Filter | Extreme | Relate | Ordinal | Compare
+@dataclass(frozen=True)
+class Both:
+    of: Filter
+
+
+@dataclass(frozen=True)
+class All:
+    of: Filter
+
+
+@dataclass(frozen=True)
+class Extremes:
+    of: Filter
+    direction: str
+    count: int = 2
+
+
+Form = Filter | Extreme | Relate | Ordinal | Compare | Both | All | Extremes
 
 
 # --- (de)serialisation -------------------------------------------------------------------------------
@@ -106,6 +136,12 @@ def form_to_dict(form: Form) -> dict[str, Any]:
         return {"op": "ordinal", "of": form_to_dict(form.of), "order": form.order, "index": form.index}
     if isinstance(form, Compare):
         return {"op": "compare", "of": form_to_dict(form.of), "direction": form.direction}
+    if isinstance(form, Both):
+        return {"op": "both", "of": form_to_dict(form.of)}
+    if isinstance(form, All):
+        return {"op": "all", "of": form_to_dict(form.of)}
+    if isinstance(form, Extremes):
+        return {"op": "extremes", "of": form_to_dict(form.of), "direction": form.direction, "count": form.count}
     raise ValueError(f"not a logical form: {form!r}")
 
 
@@ -127,8 +163,8 @@ def form_from_dict(d: Any) -> Form:
     if not isinstance(d, dict) or "op" not in d:
         raise ValueError(f"a logical form is a dict with an 'op' key, got {d!r}")
     op = d["op"]
-    if op not in ("filter", "extreme", "relate", "ordinal", "compare"):
-        raise ValueError(f"unknown logical form op {op!r} (known: filter, extreme, relate, ordinal, compare)")
+    if op not in OPS:
+        raise ValueError(f"unknown logical form op {op!r} (known: {', '.join(OPS)})")
     if op == "filter":
         return _filter_from_dict(d)
     of = _filter_from_dict(d.get("of"))
@@ -138,6 +174,12 @@ def form_from_dict(d: Any) -> Form:
         return Relate(of, _choice(d, "relation", RELATIONS), _filter_from_dict(d.get("landmark")))
     if op == "ordinal":
         return Ordinal(of, _choice(d, "order", ORDERS), _choice(d, "index", ORDINAL_INDICES))
+    if op == "both":
+        return Both(of)
+    if op == "all":
+        return All(of)
+    if op == "extremes":
+        return Extremes(of, _choice(d, "direction", AXIS_DIRECTIONS), _choice(d, "count", EXTREMES_COUNTS))
     return Compare(of, _choice(d, "direction", COMPARISONS))
 
 
@@ -148,7 +190,7 @@ def head(form: Form) -> Filter:
 
 def uses_location(form: Form) -> bool:
     """Whether realising the form needs absolute or directional location words."""
-    if isinstance(form, Extreme):
+    if isinstance(form, (Extreme, Extremes)):
         return True
     if isinstance(form, Relate):
         return form.relation not in DISTANCE_RELATIONS
@@ -226,7 +268,7 @@ def _eval_extreme(form: Extreme, objects: list[dict]) -> list[int]:
     return ranked[:1]
 
 
-def _relation_verdict(relation: str, obj: dict, landmark: dict) -> bool | None:
+def relation_verdict(relation: str, obj: dict, landmark: dict) -> bool | None:
     """True / False when clear, None when too close to call."""
     direction = HALF_PLANE_RELATIONS.get(relation) or CONE_RELATIONS[relation]
     a = _along(obj, direction) - _along(landmark, direction)  # > 0: obj lies towards direction
@@ -250,7 +292,7 @@ def _eval_relate(form: Relate, objects: list[dict]) -> list[int]:
         dist = {i: _distance(objects[i], objects[lm]) for i in cands}
         pick = _clear_minimum if form.relation == "nearest" else _clear_maximum
         return pick(cands, dist)
-    verdicts = {i: _relation_verdict(form.relation, objects[i], objects[lm]) for i in cands}
+    verdicts = {i: relation_verdict(form.relation, objects[i], objects[lm]) for i in cands}
     if any(v is None for v in verdicts.values()):
         return []
     return [i for i in cands if verdicts[i]]
@@ -304,7 +346,73 @@ def evaluate(form: Form, objects: list[dict]) -> list[int]:
         return _eval_ordinal(form, objects)
     if isinstance(form, Compare):
         return _eval_compare(form, objects)
+    if isinstance(form, Both):
+        matches = _eval_filter(form.of, objects)
+        return matches if len(matches) == 2 else []
+    if isinstance(form, All):
+        matches = _eval_filter(form.of, objects)
+        return matches if len(matches) >= 2 else []
+    if isinstance(form, Extremes):
+        return _eval_extremes(form, objects)
     raise ValueError(f"not a logical form: {form!r}")
+
+
+def _eval_extremes(form: Extremes, objects: list[dict]) -> list[int]:
+    """The ``count`` candidates furthest towards the direction, of at least ``count + 1``, with a clear gap
+    (POSITION_MARGIN) between the last one in and the first one out."""
+    cands = _eval_filter(form.of, objects)
+    k = form.count
+    if len(cands) <= k:
+        return []
+    ranked = sorted(cands, key=lambda i: (-_along(objects[i], form.direction), i))
+    if _along(objects[ranked[k - 1]], form.direction) - _along(objects[ranked[k]], form.direction) < POSITION_MARGIN:
+        return []
+    return sorted(ranked[:k])
+
+
+def rules_out_all(form: Form, objects: list[dict]) -> bool:
+    """Whether ``form`` clearly denotes nothing although its head names what the scene holds.
+
+    True only for a near miss. Every attribute value the head names (shape, colour, size) is present in
+    the scene (a generic noun, "object", always is), so no single word rules anything out, and
+
+    - an attribute rules out every candidate: the head names at least two attributes that no object has
+      together ("the red circle": circles and red things, but no red circle; "the leftmost small red
+      object", "both red circles"), any form; for ``Relate`` its landmark is still exactly one object;
+    - or a relation does (``Relate`` with a half-plane or cone relation): the landmark is exactly one
+      object, at least one head candidate is left besides it, and every candidate is clearly not in the
+      relation (no verdict within the margins); distance relations ("nearest") always have a winner;
+    - or an ordinal does (``Ordinal``): at least one candidate, but fewer than the index ("the third
+      circle" of two).
+
+    Every other form, and any answer that is empty only because a call is too close (a near tie),
+    gives False.
+    """
+    h = head(form)
+    if not objects:
+        return False
+    for value, key in ((h.shape, "shape"), (h.colour, "colour"), (h.size, "size")):
+        if value is not None and not any(o[key] == value for o in objects):
+            return False
+    if h.n_attributes() >= 2 and not _eval_filter(h, objects):
+        return not isinstance(form, Relate) or len(evaluate(form.landmark, objects)) == 1
+    if isinstance(form, Relate):
+        return relation_rules_out_all(form, objects)
+    if isinstance(form, Ordinal):
+        return 1 <= len(_eval_filter(form.of, objects)) < form.index
+    return False
+
+
+def relation_rules_out_all(form: Relate, objects: list[dict]) -> bool:
+    """The ``Relate`` part of :func:`rules_out_all` (its head-value rule aside)."""
+    if form.relation in DISTANCE_RELATIONS:
+        return False
+    landmark = evaluate(form.landmark, objects)
+    if len(landmark) != 1:
+        return False
+    cands = [i for i in _eval_filter(form.of, objects) if i != landmark[0]]
+    return bool(cands) and all(
+        relation_verdict(form.relation, objects[i], objects[landmark[0]]) is False for i in cands)
 
 
 def evaluate_logical_form(form: dict, objects: list[dict]) -> list[int]:
@@ -314,3 +422,9 @@ def evaluate_logical_form(form: dict, objects: list[dict]) -> list[int]:
     are the ``attributes`` of the image's annotations in draw order.
     """
     return evaluate(form_from_dict(form), objects)
+
+
+def logical_form_rules_out_all(form: dict, objects: list[dict]) -> bool:
+    """:func:`rules_out_all` of a stored form dict: the proof that a no-target expression is a clear
+    near miss (its evaluation, :func:`evaluate_logical_form`, is then ``[]``)."""
+    return rules_out_all(form_from_dict(form), objects)

@@ -8,6 +8,15 @@ Layout written under ``ROOT`` (the REFER layout)::
     ROOT/shapesref+/instances.json             same instances (identical bytes)
     ROOT/shapesref+/refs(unc).p                refs without absolute location words
     ROOT/shapesref_manifest.json               generator parameters and counts
+
+With ``generalized=True`` also ShapesRef-g, in the gRefCOCO layout (a ref's ``ann_id`` is a list;
+``[-1]`` and ``no_target: true`` when nothing is meant)::
+
+    ROOT/shapesref-g/instances.json            same instances (identical bytes)
+    ROOT/shapesref-g/grefs(unc).json           ShapesRef's refs + no-target and multi-target refs
+
+The other files are byte-identical to those of the same call without ``generalized`` (the
+generalized expressions come from a random stream of their own); only the manifest differs.
 """
 
 from __future__ import annotations
@@ -32,9 +41,13 @@ from tqdm import tqdm
 from .logic import form_to_dict
 from .plan import (
     DATASETS,
+    G_DATASET,
     SPLITS,
     FamilyBalancer,
+    GeneralizedQuota,
+    PlannedGRef,
     PlannedRef,
+    plan_generalized,
     plan_refs,
 )
 from .scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
@@ -47,6 +60,8 @@ MANIFEST = "shapesref_manifest.json"
 IMAGE_SUBDIR = Path("images") / "shapesref"
 INSTANCES = "instances.json"
 REFS_FILE = "refs(unc).p"
+GREFS_FILE = "grefs(unc).json"
+NO_TARGET_ID = -1  # gRefCOCO: ann_id and category_id of a ref that means nothing are [-1]
 PICKLE_PROTOCOL = 2
 PNG_COMPRESS_LEVEL = 1  # grain noise barely compresses; level 6 is 2.5x slower for -15% size
 DEFAULT_SIZE = 320
@@ -168,9 +183,11 @@ class _Builder:
         self.annotations: list[dict] = []
         self.refs: dict[str, list[dict]] = {d: [] for d in DATASETS}
         self.next_sent_id: dict[str, int] = {d: 1 for d in DATASETS}
+        self.grefs: list[dict] = []  # ShapesRef-g; the new refs get their ids in grefs()
 
     def add_image(self, file_name: str, scene: Scene, split: str, key: dict[str, int],
-                  objects: list[dict], planned: list[PlannedRef]) -> None:
+                  objects: list[dict], planned: list[PlannedRef],
+                  generalized: list[PlannedGRef] | None = None) -> None:
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "file_name": file_name, "height": scene.size, "width": scene.size,
                             "split": split, "scene_key": key})
@@ -189,6 +206,23 @@ class _Builder:
                 if ref.sentences[dataset]:
                     self._add_ref(dataset, ann_ids[ref.object_index], image_id, split,
                                   SHAPES.index(attrs["shape"]) + 1, file_name, ref)
+        if generalized is None:
+            return
+        first = len(self.refs["shapesref"]) - sum(bool(r.sentences["shapesref"]) for r in planned)
+        for single in self.refs["shapesref"][first:]:  # ShapesRef's own refs, in the gRefCOCO form
+            self.grefs.append({**single, "ann_id": [single["ann_id"]], "category_id": [single["category_id"]],
+                               "no_target": False})
+        for g in generalized:
+            sentences = [{"tokens": list(s.tokens), "raw": s.raw, "sent": " ".join(s.tokens), "sent_id": None,
+                          "family": s.family, "logical_form": form_to_dict(s.form)} for s in g.sentences]
+            families = [s["family"] for s in sentences]
+            self.grefs.append({
+                "ref_id": None, "image_id": image_id, "split": split, "file_name": file_name,
+                "ann_id": [ann_ids[i] for i in g.object_indices] or [NO_TARGET_ID],
+                "category_id": [SHAPES.index(objects[i]["shape"]) + 1 for i in g.object_indices] or [NO_TARGET_ID],
+                "no_target": not g.object_indices, "sent_ids": [], "sentences": sentences,
+                "family": families[0], "families": sorted(set(families)),
+            })
 
     def _add_ref(self, dataset: str, ann_id: int, image_id: int, split: str, category_id: int,
                  file_name: str, ref: PlannedRef) -> None:
@@ -206,6 +240,22 @@ class _Builder:
             "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
             "family": families[0], "families": sorted(set(families)),
         })
+
+    def final_grefs(self) -> list[dict]:
+        """ShapesRef-g refs with ids: ShapesRef's keep theirs (ref_id = ann_id, same sent_ids); the new ones
+        follow, ref_id after the last annotation id and sent_id after ShapesRef's last."""
+        next_ref, next_sent = len(self.annotations) + 1, self.next_sent_id["shapesref"]
+        out = []
+        for ref in self.grefs:
+            if ref["ref_id"] is None:
+                sentences = []
+                for sent in ref["sentences"]:
+                    sentences.append({**sent, "sent_id": next_sent})
+                    next_sent += 1
+                ref = {**ref, "ref_id": next_ref, "sentences": sentences, "sent_ids": [x["sent_id"] for x in sentences]}
+                next_ref += 1
+            out.append(ref)
+        return out
 
     def instances(self, size: int, seed: int) -> dict:
         return {
@@ -231,6 +281,36 @@ def _generate_image(seed: int, index: int, size: int, split: str, occlusion: boo
     raise RuntimeError(f"no describable referent in {MAX_SCENE_ATTEMPTS} scenes for image {index}")
 
 
+def _generalized_refs(key: dict[str, int], objects: list[dict], split: str, planned: list[PlannedRef],
+                      balancer: FamilyBalancer, quota: GeneralizedQuota) -> list[PlannedGRef]:
+    """The image's no-target and multi-target refs, from its own random stream (stream 2), so the
+    ShapesRef / ShapesRef+ files do not change."""
+    single = [s for r in planned for s in r.sentences["shapesref"]]
+    rng = scene_rng(key["seed"], key["index"], key["attempt"], 2)
+    return plan_generalized(objects, split, single, rng, balancer, quota)
+
+
+def target_count_key(n: int) -> str:
+    """The breakdown key of a referent count: "0", "1" or "2+"."""
+    return "2+" if n >= 2 else str(n)
+
+
+def _g_summary(grefs: list[dict]) -> dict[str, Any]:
+    def count(ref: dict) -> int:
+        return 0 if ref["no_target"] else len(ref["ann_id"])
+
+    out: dict[str, Any] = {
+        "refs": {s: sum(r["split"] == s for r in grefs) for s in SPLITS},
+        "sentences": {s: sum(len(r["sentences"]) for r in grefs if r["split"] == s) for s in SPLITS},
+        "families": {s: dict(sorted(Counter(x["family"] for r in grefs if r["split"] == s
+                                            for x in r["sentences"]).items())) for s in SPLITS},
+        "target_counts": {s: {k: sum(len(r["sentences"]) for r in grefs if r["split"] == s
+                                     and target_count_key(count(r)) == k) for k in ("0", "1", "2+")}
+                          for s in SPLITS},
+    }
+    return out
+
+
 def _summary(builder: _Builder, splits: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"images": {s: splits.count(s) for s in SPLITS}}
     for dataset in DATASETS:
@@ -244,12 +324,17 @@ def _summary(builder: _Builder, splits: list[str]) -> dict[str, Any]:
     return summary
 
 
-def _write_tree(tmp: Path, builder: _Builder, manifest: dict, size: int, seed: int) -> None:
+def _write_tree(tmp: Path, builder: _Builder, manifest: dict, size: int, seed: int,
+                grefs: list[dict] | None = None) -> None:
     instances = _dump_json(builder.instances(size, seed))
     for dataset in DATASETS:
         (tmp / dataset).mkdir()
         (tmp / dataset / INSTANCES).write_bytes(instances)
         (tmp / dataset / REFS_FILE).write_bytes(pickle.dumps(builder.refs[dataset], protocol=PICKLE_PROTOCOL))
+    if grefs is not None:
+        (tmp / G_DATASET).mkdir()
+        (tmp / G_DATASET / INSTANCES).write_bytes(instances)
+        (tmp / G_DATASET / GREFS_FILE).write_bytes(_dump_json(grefs))
     (tmp / MANIFEST).write_bytes(_dump_json(manifest))  # last: marks the tree complete
 
 
@@ -271,8 +356,13 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFAULT_SIZE, *,
                        progress: bool = True, occlusion: bool = True, overwrite: bool = False,
-                       split_ratios: Mapping[str, float] | None = None) -> dict[str, Any]:
+                       split_ratios: Mapping[str, float] | None = None, generalized: bool = False) -> dict[str, Any]:
     """Generate ShapesRef and ShapesRef+ under ``out`` (REFER layout); returns a summary.
+
+    ``generalized=True`` also writes ShapesRef-g (``shapesref-g/``, gRefCOCO layout): ShapesRef's refs
+    plus no-target and multi-target ones (``NO_TARGET_SHARE`` and ``MULTI_TARGET_SHARE`` of the
+    sentences); the summary and manifest then hold ``generalized`` and a ``shapesref-g`` entry (refs,
+    sentences, families and ``target_counts`` "0" / "1" / "2+" per split).
 
     The same ``(images, seed, size, occlusion, split_ratios)`` give byte-identical files. The tree
     is built in a temporary sibling directory and renamed into place at the end, so an interrupted
@@ -286,6 +376,8 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     seed = _check_int("seed", seed, 0)
     size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
     ratios = _check_ratios(split_ratios)
+    if not isinstance(generalized, bool):
+        raise ValueError(f"generalized must be True or False, got {generalized!r}")
     out = Path(out)
     _check_out(out, overwrite)
     splits = _assign_splits(images, seed, ratios)
@@ -296,22 +388,28 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     try:
         (tmp / IMAGE_SUBDIR).mkdir(parents=True)
         builder, balancer = _Builder(), FamilyBalancer()
+        g_balancer, quota = FamilyBalancer(), GeneralizedQuota()
         width = max(6, len(str(images)))
         for index in tqdm(range(images), total=images, disable=not progress, desc="shapesref", unit="img"):
             scene, key, objects, planned = _generate_image(seed, index, size, splits[index], occlusion, balancer)
             file_name = f"shapesref_{index:0{width}d}.png"
             (tmp / IMAGE_SUBDIR / file_name).write_bytes(_png_bytes(render_scene(scene)[0]))
-            builder.add_image(file_name, scene, splits[index], key, objects, planned)
+            extra = _generalized_refs(key, objects, splits[index], planned, g_balancer, quota) if generalized else None
+            builder.add_image(file_name, scene, splits[index], key, objects, planned, extra)
         params = {"images": images, "seed": seed, "size": size, "occlusion": occlusion, "split_ratios": ratios}
         summary = _summary(builder, splits)
+        grefs = builder.final_grefs() if generalized else None
+        if generalized:  # only then: the manifest of a plain run stays byte-identical
+            params["generalized"] = True
+            summary[G_DATASET] = _g_summary(grefs)
         manifest = {"generator": GENERATOR_NAME, "format_version": FORMAT_VERSION, **params, "summary": summary}
-        _write_tree(tmp, builder, manifest, size, seed)
+        _write_tree(tmp, builder, manifest, size, seed, grefs)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - start
-    result = {"out": str(out), **params, **summary, "seconds": round(seconds, 3),
+    result = {"out": str(out), **params, "generalized": generalized, **summary, "seconds": round(seconds, 3),
               "images_per_second": round(images / seconds, 2) if seconds > 0 else float("inf")}
     log.info("ShapesRef: %d images (%s) at %d px in %.1f s (%.1f images/s) -> %s", images,
              ", ".join(f"{s} {n}" for s, n in summary["images"].items()), size, seconds,
