@@ -227,7 +227,8 @@ def test_dataset_contract(refer_root: Path) -> None:
     ds = ReferDataset(refer_root, "refcoco", "train", vocab, image_size=64, max_words=3)
     assert len(ds) == sum(len(r["sentences"]) for r in refs if r["split"] == "train")
     s = ds[0]
-    assert set(s) == {"image", "mask", "valid_hw", "tokens", "index", "family"}
+    assert set(s) == {"image", "mask", "valid_hw", "tokens", "index", "family", "target_count"}
+    assert s["target_count"] == 1  # REFER refs mean one object
     assert s["image"].shape == (3, 64, 64) and s["image"].dtype == torch.float32
     assert s["mask"].shape == (64, 64) and set(s["mask"].unique().tolist()) <= {0.0, 1.0}
     assert ds.orig_hw(0) == (360, 640)  # both fixtures: the first ref is on a 640 x 360 photo
@@ -242,6 +243,7 @@ def test_dataset_contract(refer_root: Path) -> None:
         "ann_id": refs[0]["ann_id"],
         "split": "train",
         "family": "",
+        "target_count": 1,
     }
     m = ds.original_mask(0)
     assert m.shape == ds.orig_hw(0) and m is ds.original_mask(1)  # same ref: cached

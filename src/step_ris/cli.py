@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_data_shapesref)
     q = data_sub.add_parser("check", help="verify a dataset folder and count images, refs, sentences")
     q.add_argument("dataset", help="refcoco, refcoco+, refcocog, refcocog-umd, refclef, shapesref, shapesref+, "
+                                   "shapesref-g, grefcoco (gRefCOCO layout: no-target and multi-target refs), "
                                    "or jsonl (your own data: instances.json + refs.jsonl + images/)")
     q.add_argument("--root", required=True, help="data root holding the REFER layout (jsonl: the folder itself)")
     q.set_defaults(func=cmd_data_check)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .grefer import ref_target_count
 from .refer import ReferData
 
 MAX_LISTED = 20
@@ -25,6 +26,11 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
     lines, and their errors ``{line, field, message}``, capped at ``max_listed``; a line may have
     several); invalid lines are left out of the counts and make ``ok``
     false, and only an empty ``train`` split is a problem (unused splits are normal there).
+
+    For the gRefCOCO layout (``shapesref-g``, ``grefcoco``) likewise ``invalid_refs`` (``{count,
+    errors}``, errors ``{index, ref_id, field, message}``: the ref's position in the JSON list, its
+    ref_id, the field at fault and what to do). Every layout also gets ``target_counts``: sentences
+    per split by how many objects they mean, ``{"0", "1", "2+"}``.
 
     Raises:
         DataError: the refs or instances file is missing, unreadable or malformed (the message names
@@ -51,6 +57,10 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
             missing_img.append(ref["ref_id"])
         if not data.has_ann(ref["ann_id"]):
             missing_ann.append(ref["ref_id"])
+    target_counts: dict[str, dict[str, int]] = {s: {"0": 0, "1": 0, "2+": 0} for s in splits}
+    for ref in data.refs:
+        n = ref_target_count(ref)
+        target_counts[ref["split"]]["2+" if n >= 2 else str(n)] += len(ref["sentences"])
     out_splits = {
         s: {"refs": c["refs"], "sentences": c["sentences"], "images": len(c["images"])} for s, c in splits.items()
     }
@@ -80,15 +90,18 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
     empty = [s for s in spec.splits if out_splits[s]["refs"] == 0 and (spec.layout != "jsonl" or s == "train")]
     if empty:
         problems.append(f"no refs in split(s): {', '.join(empty)}")
-    bad_lines = len({e.line for e in line_errors})
+    grefer = spec.layout == "grefer"
+    bad_lines = len({e.index if grefer else e.line for e in line_errors})
     if line_errors:
-        problems.append(f"{bad_lines} line(s) of {data.refs_path} cannot be used and are left out:")
+        what = "ref(s)" if grefer else "line(s)"
+        problems.append(f"{bad_lines} {what} of {data.refs_path} cannot be used and are left out:")
         problems += [f"  {e.format(data.refs_path)}" for e in line_errors[:max_listed]]
         if len(line_errors) > max_listed:
             problems.append(f"  ... and {len(line_errors) - max_listed} more")
     extra = {}
-    if spec.layout == "jsonl":
-        extra["invalid_lines"] = {"count": bad_lines, "errors": [e._asdict() for e in line_errors[:max_listed]]}
+    if spec.layout in ("jsonl", "grefer"):
+        key = "invalid_refs" if grefer else "invalid_lines"
+        extra[key] = {"count": bad_lines, "errors": [e._asdict() for e in line_errors[:max_listed]]}
     return {
         "dataset": spec.name,
         "title": spec.title,
@@ -98,6 +111,7 @@ def check_dataset(root: str | Path, dataset: str, max_listed: int = MAX_LISTED) 
         "image_dir": str(spec.image_root(data.root)),
         "splits": out_splits,
         "total": total,
+        "target_counts": target_counts,
         "unknown_splits": unknown,
         "missing_images": {"count": len(missing_img), "ref_ids": missing_img[:max_listed]},
         "missing_annotations": {"count": len(missing_ann), "ref_ids": missing_ann[:max_listed]},

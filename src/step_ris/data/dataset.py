@@ -8,7 +8,9 @@
 - ``valid_hw``: int64 ``(2,)`` unpadded extent ``(h, w)``;
 - ``tokens``: int64 ``(L,)``, ``1 <= L <= max_words`` (no padding);
 - ``index``: int, position in the dataset (``original_mask(index)`` is the ``(H, W)`` target);
-- ``family``: str, the expression family (``""`` when the data has none).
+- ``family``: str, the expression family (``""`` when the data has none);
+- ``target_count``: int, how many objects the expression means (0: nothing, its ``mask`` is empty;
+  several: ``mask`` is their union; 1 for REFER data).
 
 One sample is one (ref, sentence) pair; refs are in file order, sentences in ref order.
 Sentences are tokenised from the REFER-cleaned ``sent`` field (``raw`` when absent).
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset
 
 from ..text import MAX_WORDS, PAD_ID, UNK_ID, Vocabulary
 from .errors import DataError
+from .grefer import ref_target_count
 from .image_io import DEFAULT_MAX_PIXELS, load_image
 from .refer import ReferData, Sample
 from .registry import parse_dataset_name
@@ -178,6 +181,7 @@ class ReferDataset(Dataset):
             "tokens": torch.tensor(self.token_ids(index), dtype=torch.int64),
             "index": index,
             "family": _family(sample),
+            "target_count": ref_target_count(sample.ref),
         }
 
     def token_ids(self, index: int) -> list[int]:
@@ -217,7 +221,7 @@ class ReferDataset(Dataset):
         return raw if isinstance(raw, str) and raw else sentence_text(s)
 
     def meta(self, index: int) -> dict[str, Any]:
-        """Identifiers of sample ``index``: ref_id, sent_id, image_id, ann_id, split, family."""
+        """Identifiers of sample ``index``: ref_id, sent_id, image_id, ann_id, split, family, target_count."""
         sample = self.samples[self._check_index(index)]
         return {
             "ref_id": sample.ref["ref_id"],
@@ -226,6 +230,7 @@ class ReferDataset(Dataset):
             "ann_id": sample.ref["ann_id"],
             "split": sample.ref["split"],
             "family": _family(sample),
+            "target_count": ref_target_count(sample.ref),
         }
 
     def image_path(self, index: int) -> Path:
@@ -270,7 +275,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch samples: stacks tensors, pads tokens with 0 to the longest.
 
     Returns ``image (B, 3, S, S)``, ``mask (B, S, S)``, ``valid_hw (B, 2)``, ``tokens (B, L)``,
-    ``lengths (B,)`` (int64 token counts), ``index (B,)`` int64 and ``family`` (list of str).
+    ``lengths (B,)`` (int64 token counts), ``index (B,)`` int64, ``family`` (list of str) and
+    ``target_count (B,)`` int64 (1 for samples that carry none).
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
@@ -286,4 +292,5 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "lengths": torch.tensor(lengths, dtype=torch.int64),
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.int64),
         "family": [s.get("family", "") for s in samples],
+        "target_count": torch.tensor([int(s.get("target_count", 1)) for s in samples], dtype=torch.int64),
     }

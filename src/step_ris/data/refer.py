@@ -329,7 +329,10 @@ class ReferData:
 
     ``line_errors``: for ``jsonl`` data, a list that receives a :class:`~step_ris.data.jsonl.LineError`
     for every unusable line (those lines are left out); without it the first bad lines raise a
-    :class:`DataError`. ``step-ris data check`` passes one to report every line.
+    :class:`DataError`. ``step-ris data check`` passes one to report every line. For the gRefCOCO
+    layout (``grefer``: ``shapesref-g``, ``grefcoco``; :mod:`step_ris.data.grefer`) it receives a
+    :class:`~step_ris.data.grefer.RefError` per unusable ref, and the refs are normalised there
+    (``ann_id`` one id, real or virtual; ``ann_ids``; ``target_count``; ``no_target``).
     """
 
     def __init__(self, root: str | Path, dataset: str, *, line_errors: list | None = None):
@@ -357,6 +360,8 @@ class ReferData:
         self.refs_path, self.instances_path = refs_path, inst_path
         if spec.layout == "jsonl":
             instances = load_instances(inst_path, fix="fix the file (docs/data.md, 'Your own data')")
+        elif spec.layout == "grefer":  # refs are read below, against the instances
+            instances = load_instances(inst_path)
         else:
             self.refs = load_refs(refs_path)
             validate_refs(self.refs, refs_path)
@@ -367,6 +372,10 @@ class ReferData:
         self.virtual_anns: dict[int, dict] = {}
         if spec.layout == "jsonl":
             self._read_jsonl(line_errors)
+        elif spec.layout == "grefer":
+            from .grefer import read_into
+
+            read_into(self, line_errors)  # normalised refs (ann_ids, target_count, no_target) + virtual anns
         self.refs_by_id: dict[int, dict] = {r["ref_id"]: r for r in self.refs}
         log.debug("%s: %d refs, %d images, %d annotations", spec.name, len(self.refs), len(self.images), len(self.anns))
 

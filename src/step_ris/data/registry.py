@@ -12,13 +12,17 @@ refcocog-umd  refcocog/refs(umd).p             images/mscoco/images/train2014   
 refclef       refclef/refs(berkeley).p         images/saiapr_tc-12               train val test trainval
 shapesref     shapesref/refs(unc).p            images/shapesref                  train val testA testB
 shapesref+    shapesref+/refs(unc).p           images/shapesref                  train val testA testB
+shapesref-g   shapesref-g/grefs(unc).json      images/shapesref                  train val testA testB
+grefcoco      grefcoco/grefs(unc).json         images/mscoco/images/train2014    train val testA testB
 jsonl         refs.jsonl                       images                            train val test testA testB
 ============  ===============================  ================================  =========================
 
-``referit`` is an alias of ``refclef``, ``coco-jsonl`` of ``jsonl``; ``trainval`` (refclef, jsonl)
-is train + val. ``jsonl`` is a plain layout for one's own data (``<root>/instances.json``,
-``<root>/refs.jsonl``, ``<root>/images/``; :mod:`step_ris.data.jsonl`). Where to download each
-file is in :data:`DOWNLOADS` and ``docs/data.md``.
+``referit`` is an alias of ``refclef``, ``coco-jsonl`` of ``jsonl``, ``grefcoco-unc`` of ``grefcoco``;
+``trainval`` (refclef, jsonl) is train + val. ``jsonl`` is a plain layout for one's own data
+(``<root>/instances.json``, ``<root>/refs.jsonl``, ``<root>/images/``; :mod:`step_ris.data.jsonl`).
+``shapesref-g`` and ``grefcoco`` are in the gRefCOCO layout (a JSON list of refs whose ``ann_id`` is a
+list, ``[-1]`` with ``no_target`` when nothing is meant; :mod:`step_ris.data.grefer`). Where to
+download each file is in :data:`DOWNLOADS` and ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ DOWNLOADS: dict[str, str] = {
     "refclef": f"{REFER_BASE}/refclef.zip",
     "coco_train2014": "http://images.cocodataset.org/zips/train2014.zip",
     "saiapr_tc-12": f"{REFER_BASE}/images/saiapr_tc-12.zip",
+    "grefcoco": "https://github.com/henghuiding/gRefCOCO",
 }
 """Public download locations (the REFER toolkit's files; COCO's own image archive)."""
 
@@ -56,7 +61,8 @@ class DatasetSpec:
     annotations_help: str
     images_help: str
     composite_splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    layout: str = "refer"  # "refer": a refs pickle; "jsonl": one JSON line per expression (step_ris.data.jsonl)
+    layout: str = "refer"  # "refer": a refs pickle; "jsonl": one JSON line per expression (step_ris.data.jsonl);
+    # "grefer": gRefCOCO's JSON list of refs with lists of targets (step_ris.data.grefer)
 
     @property
     def all_splits(self) -> tuple[str, ...]:
@@ -95,6 +101,15 @@ _COCO_IMAGES = (
 _SHAPES_HELP = (
     "ShapesRef is generated locally, not downloaded: run step-ris data shapesref --out {root} --images 2000 "
     "--seed 0 (docs/shapesref.md)"
+)
+
+_SHAPES_G_HELP = (
+    "ShapesRef-g is generated locally, not downloaded: run step-ris data shapesref --generalized --out {root} "
+    "--images 2000 --seed 0 (docs/shapesref.md); an output made without --generalized has no shapesref-g/ folder"
+)
+_GREFCOCO_HELP = (
+    f"download gRefCOCO's grefs(unc).json and instances.json (links at {DOWNLOADS['grefcoco']}) into "
+    "{root}/grefcoco/"
 )
 
 JSONL_SPLITS: tuple[str, ...] = ("train", "val", "test", "testA", "testB")
@@ -181,6 +196,28 @@ DATASETS: dict[str, DatasetSpec] = {
             _SHAPES_HELP,
         ),
         DatasetSpec(
+            "shapesref-g",
+            "ShapesRef-g (no-target and multi-target expressions)",
+            "shapesref-g",
+            "grefs(unc).json",
+            "images/shapesref",
+            ("train", "val", "testA", "testB"),
+            _SHAPES_G_HELP,
+            _SHAPES_G_HELP,
+            layout="grefer",
+        ),
+        DatasetSpec(
+            "grefcoco",
+            "gRefCOCO (UNC split; no-target and multi-target expressions)",
+            "grefcoco",
+            "grefs(unc).json",
+            "images/mscoco/images/train2014",
+            ("train", "val", "testA", "testB"),
+            _GREFCOCO_HELP,
+            _COCO_IMAGES,
+            layout="grefer",
+        ),
+        DatasetSpec(
             "jsonl",
             "your own data (COCO instances.json + refs.jsonl)",
             "",
@@ -196,7 +233,7 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 ALIASES: dict[str, str] = {"referit": "refclef", "refcocog-google": "refcocog", "refclef-berkeley": "refclef",
-                          "coco-jsonl": "jsonl"}
+                          "coco-jsonl": "jsonl", "grefcoco-unc": "grefcoco"}
 
 
 def dataset_names() -> list[str]:
