@@ -1,4 +1,4 @@
-"""Letterboxing (spec section 1) and its inverse.
+"""Letterboxing (Sec. 3.1: "re-sized ... with zero-padding") and its inverse.
 
 - ``letterbox_image``: resize so that the longer side is ``S`` (bilinear with antialiasing,
   as PIL and torchvision do when shrinking), ImageNet-normalise, then pad bottom/right with 0
