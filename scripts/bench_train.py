@@ -1,7 +1,7 @@
 """Training speed of a preset under the speed switches, as ratios measured in one run.
 
-    python scripts/bench_train.py --preset shapes-cpu --steps 30 --rounds 2 --threads 2 \\
-        --variant "fp32=" --variant "bf16+cl+k4=train.precision=bf16,train.channels_last=true,train.sentences_per_image=4"
+    python scripts/bench_train.py --preset shapes-cpu --steps 30 --rounds 2 --threads 2 --variant "fp32=" \\
+        --variant "bf16+cl+k4=train.precision=bf16,train.channels_last=true,train.sentences_per_image=4"
 
 Each variant trains ``--steps`` steps from scratch on the preset's data (its feature cache is
 reused), in turn (A, B, A, B, ...), so every variant meets the same machine load. The rate is

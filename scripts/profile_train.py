@@ -62,7 +62,7 @@ def main() -> None:
     names = ["cache read", "image-only (phi, Eq. 1 keys)", "biLSTM + words", "ConvRNN steps", "forward (rest)",
              "loss", "backward", "optimiser", "step total"]
     g = torch.Generator().manual_seed(0)
-    for step in range(args.steps + 2):
+    for _ in range(args.steps + 2):
         for n in names:
             timers[n].append(0.0)
         start = time.perf_counter()

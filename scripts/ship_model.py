@@ -20,7 +20,7 @@ import torch
 from step_ris.data.dataset import ReferDataset
 from step_ris.engine.checkpoint import load_checkpoint
 from step_ris.engine.evaluate import evaluate, format_results
-from step_ris.pretrained import export_pretrained, file_sha256, load_model_for_eval
+from step_ris.pretrained import export_pretrained, file_sha256, load_pretrained
 
 
 def main() -> None:
@@ -36,7 +36,8 @@ def main() -> None:
     snapshot = Path(args.run) / "shipped.pt"
     shutil.copyfile(Path(args.run) / "last.pt", snapshot)  # last.pt keeps moving while the run trains
     ckpt = load_checkpoint(snapshot)
-    model, cfg, vocab, identity = load_model_for_eval(snapshot)
+    loaded = load_pretrained(snapshot)
+    model, cfg, vocab = loaded.model, loaded.config, loaded.vocab
     scores = {"dataset": cfg.data.dataset, "step": ckpt["step"],
               "train_minutes": round(ckpt["train_seconds"] / 60, 1),
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from .._extras import require
 from ..config import ExperimentConfig
 from ..data.dataset import ReferDataset, build_vocab, collate
 from ..data.refer import ReferData
@@ -356,6 +357,7 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
 
     writer = None
     if rank == 0:
+        require("tensorboard", extra="train", purpose="training (TensorBoard logs)")
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
