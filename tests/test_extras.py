@@ -75,3 +75,13 @@ def test_import_and_predict_without_any_optional_package(tmp_path):
     assert "error: --explain (the Figure-4 view) needs the 'matplotlib' package" in proc.stderr
     assert "pip install 'step-ris[viz]'" in proc.stderr
     assert (tmp_path / "m.png").is_file() and (tmp_path / "o.png").is_file() and not (tmp_path / "e.png").exists()
+
+
+def test_data_shapesref_without_the_data_extra_names_it(monkeypatch, tmp_path, capsys):
+    from step_ris.cli import main
+
+    block(monkeypatch, "shapely")
+    assert main(["data", "shapesref", "--out", str(tmp_path / "sr"), "--images", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'step-ris[data]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "sr").exists()

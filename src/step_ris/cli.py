@@ -46,6 +46,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_data_shapesref(args) -> int:
+    from ._extras import require
+
+    for module in ("pycocotools", "shapely"):  # the generator's geometry and COCO masks
+        require(module, extra="data", purpose="step-ris data shapesref")
     from .data.shapesref import generate_shapesref
 
     summary = generate_shapesref(Path(args.out), images=args.images, seed=args.seed, size=args.size,
