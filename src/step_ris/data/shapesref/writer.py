@@ -21,7 +21,6 @@ generalized expressions come from a random stream of their own); only the manife
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -35,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from ...fileio import png_bytes
 from .logic import form_to_dict
 from .plan import (
     DATASETS,
@@ -170,9 +169,7 @@ def image_objects(scene: Scene) -> list[dict]:
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
-    return buf.getvalue()
+    return png_bytes(rgb, compress_level=PNG_COMPRESS_LEVEL, optimize=False)  # the project's one PNG encoder
 
 
 class _Builder:
