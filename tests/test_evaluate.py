@@ -130,11 +130,14 @@ def test_grouped_scores_equal_the_per_sample_path_at_batch_4(frozen, shapes, mon
 def test_each_image_is_decoded_and_encoded_once(shapes, monkeypatch):
     model, data, _ = _model_and_dataset(shapes)
     calls = {"encode": 0, "getitem": 0}
+    encoded: list[int] = []  # images per encode call
     real_encode, real_getitem = model.encode, ReferDataset.__getitem__
 
     def encode(*args, **kwargs):
         calls["encode"] += 1
-        return real_encode(*args, **kwargs)
+        out = real_encode(*args, **kwargs)
+        encoded.append(out.batch)
+        return out
 
     def getitem(self, index):
         calls["getitem"] += 1
@@ -145,8 +148,13 @@ def test_each_image_is_decoded_and_encoded_once(shapes, monkeypatch):
     indices = subset_indices(len(data), 16, seed=0)
     images = len({data.meta(i)["image_id"] for i in indices})
     assert images < len(indices)
-    result = evaluate(model, data, batch_size=2, limit=16, progress=False, references=False)
-    assert result["n"] == 16 and calls == {"encode": images, "getitem": images}
+    result = evaluate(model, data, batch_size=1, limit=16, progress=False, references=False)
+    assert result["n"] == 16 and calls == {"encode": images, "getitem": images} and set(encoded) == {1}
+    calls.update(encode=0, getitem=0)
+    encoded.clear()
+    evaluate(model, data, batch_size=12, limit=16, progress=False, references=False)
+    assert sum(encoded) == images and max(encoded) > 1  # a few images per backbone call, each once
+    assert calls["getitem"] == images
     calls.update(encode=0, getitem=0)
     evaluate(model, data, batch_size=2, limit=16, progress=False, references=False, group_by_image=False)
     assert calls["getitem"] == 16  # the per-sample path decodes every sample's image
@@ -216,3 +224,9 @@ def test_explicit_indices_are_scored_in_their_order(shapes):
     for bad, what in (([0, len(data)], "out of range"), ([1, 1], "repeats"), ([], "none")):
         with pytest.raises(ValueError, match=what):
             evaluate(model, data, progress=False, indices=bad)
+
+
+def test_images_decoded_in_a_worker_give_the_same_scores(shapes):
+    model, data, _ = _model_and_dataset(shapes)
+    kw = dict(batch_size=4, limit=10, progress=False, per_sample=True)
+    assert evaluate(model, data, **kw, workers=1) == evaluate(model, data, **kw)

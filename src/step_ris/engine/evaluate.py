@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from ..data.dataset import ReferDataset, collate
 from ..data.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..data.transforms import unletterbox
 from ..model import STEPModel
+from ..model.step import ImageEncoding
 from ..precision import autocast, precision_name, resolve_precision
 from .features import CachedSamples, FeatureCache, collate_cached
 from .metrics import SegmentationMeter, intersection_union, iou_from_counts
@@ -87,8 +88,9 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
 
     ``group_by_image=True`` (default): the samples are grouped by image; each image is decoded
     and letterboxed once (or its taps read from ``cache``), encoded once (``model.encode``: the
-    visual maps, phi of Eq. 2 and the image side of Eq. 1) and all its expressions run on that
-    encoding in chunks of ``batch_size``. ``False``: batches of ``batch_size`` samples, each with
+    visual maps, phi of Eq. 2 and the image side of Eq. 1; a few images per call, as many as
+    hold ``batch_size`` expressions) and all its expressions run on that encoding in chunks of
+    ``batch_size``. ``False``: batches of ``batch_size`` samples, each with
     its own image pass (the older path; the metrics are the same).
 
     ``precision``: "fp32" | "bf16" | "auto" (``step_ris.precision``), or a dtype from
@@ -223,33 +225,61 @@ def _pad(tokens: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def _image_batches(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive images whose expressions add up to ``batch_size`` or more (the last batch: the rest)."""
+    batch: list[dict[str, Any]] = []
+    count = 0
+    for item in items:
+        batch.append(item)
+        count += len(item["indices"])
+        if count >= batch_size:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+def _one_image(encoding: ImageEncoding, k: int) -> ImageEncoding:
+    """Image ``k`` of a batched encoding, as a batch of 1 (views, no copies)."""
+    return ImageEncoding(maps=[m[k:k + 1] for m in encoding.maps],
+                         phi={lv: t[k:k + 1] for lv, t in encoding.phi.items()},
+                         keys={lv: t[k:k + 1] for lv, t in encoding.keys.items()})
+
+
 def _by_image(model: STEPModel, dataset: ReferDataset, indices: list[int], *, batch_size: int, device,
               cache: FeatureCache | None, dtype: torch.dtype | None, workers: int, progress: bool,
               desc: str) -> Iterator[Chunk]:
-    """Per image: one encoding, then its expressions in chunks of ``batch_size``."""
+    """Per image: one encoding, then its expressions in chunks of ``batch_size``.
+
+    Images are encoded a few at a time (as many as hold ``batch_size`` expressions), since a
+    backbone runs faster per image on a batch than on one image; each image's expressions then
+    run on its own slice of that encoding, broadcast to the chunk.
+    """
     groups = image_groups(dataset, indices)
     loader = DataLoader(ImageGroups(dataset, groups, cache), batch_size=None, shuffle=False,
                         num_workers=0 if cache is not None else workers)
     done = 0
     with tqdm(total=len(groups), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for item in loader:
+        for items in _image_batches(loader, batch_size):
             with autocast(device, dtype):
                 if cache is not None:
-                    rows = torch.tensor([item["row"]], dtype=torch.int64)
+                    rows = torch.tensor([item["row"] for item in items], dtype=torch.int64)
                     encoding = model.encode(maps=model.visual.add_coordinates(cache.get(rows, device)))
                 else:
-                    encoding = model.encode(item["image"].unsqueeze(0).to(device))  # batch 1, broadcast below
-            valid_hw = item["valid_hw"].view(1, 2)
-            for start in range(0, len(item["indices"]), batch_size):
-                stop = start + batch_size
-                tokens = _pad(item["tokens"][start:stop]).to(device)  # (B, L)
-                valid = valid_hw.expand(tokens.shape[0], 2)  # (B, 2)
-                with autocast(device, dtype):
-                    out = model(None, tokens, valid.to(device), features=encoding)
-                yield item["indices"][start:stop], _probabilities(out.logits), valid, item["family"][start:stop]
-            done += len(item["indices"])
-            bar.update(1)
-            bar.set_postfix(expressions=done, refresh=False)
+                    encoding = model.encode(torch.stack([item["image"] for item in items]).to(device))  # (n, 3, S, S)
+            for k, item in enumerate(items):
+                image = _one_image(encoding, k)  # batch 1, broadcast to each chunk
+                valid_hw = item["valid_hw"].view(1, 2)
+                for start in range(0, len(item["indices"]), batch_size):
+                    stop = start + batch_size
+                    tokens = _pad(item["tokens"][start:stop]).to(device)  # (B, L)
+                    valid = valid_hw.expand(tokens.shape[0], 2)  # (B, 2)
+                    with autocast(device, dtype):
+                        out = model(None, tokens, valid.to(device), features=image)
+                    yield item["indices"][start:stop], _probabilities(out.logits), valid, item["family"][start:stop]
+                done += len(item["indices"])
+                bar.set_postfix(expressions=done, refresh=False)  # shown by the update's refresh
+                bar.update(1)
 
 
 class _Scorer:
