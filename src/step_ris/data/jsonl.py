@@ -35,11 +35,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..fileio import atomic_folder
 from .errors import DataError
 from .registry import JSONL_SPLITS, get_spec
 
@@ -254,9 +254,7 @@ def convert_refer_to_jsonl(root: str | Path, dataset: str, out: str | Path) -> d
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not an empty folder; choose a new output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_folder(out, overwrite=True) as tmp:  # out is absent or empty (checked above)
         (tmp / IMAGE_DIR).mkdir()
         image_root = data.spec.image_root(data.root)
         for image_id in sorted(data.images):
@@ -279,14 +277,7 @@ def convert_refer_to_jsonl(root: str | Path, dataset: str, out: str | Path) -> d
                     rec["family"] = str(family)
                 lines.append(json.dumps(rec, ensure_ascii=False))
                 counts[ref["split"]] = counts.get(ref["split"], 0) + 1
-        (tmp / REFS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")  # last: the tree is complete
-        tmp.chmod(0o755)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / REFS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {"out": str(out), "source": f"{data.spec.name} in {data.root}", "lines": counts,
                "images": len(data.images)}
     log.info("wrote %d lines and %d images to %s", len(lines), len(data.images), out)
