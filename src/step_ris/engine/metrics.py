@@ -8,7 +8,7 @@
   every union is empty.
 
 Inputs are boolean (or 0/1 integer) masks, numpy arrays or torch tensors of equal shape.
-Threshold probability maps before calling (e.g. ``prob > 0.5``); floating inputs are refused.
+Threshold probability maps before calling (``prob >= constants.MASK_THRESHOLD``); floating inputs are refused.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _as_bool(x: MaskLike, what: str) -> np.ndarray:
         return x != 0
     raise ValueError(
         f"{what} must be a boolean or 0/1 integer mask, got dtype {x.dtype}; threshold "
-        "probabilities first, e.g. prob > 0.5"
+        "probabilities first, e.g. prob >= 0.5"
     )
 
 
