@@ -180,7 +180,7 @@ def test_progress_bar_counts_images_and_expressions(shapes, monkeypatch):
     groups = image_groups(data, indices)
     (bar,) = bars
     assert bar.total == len(groups) and bar.unit == "img" and bar.n == len(groups)
-    assert [p["expressions"] for p in bar.postfixes] == list(np.cumsum([len(g) for g in groups]))
+    assert [p["expressions"] for p in bar.postfixes] == list(np.cumsum([len(g) for g in groups]))  # per image
 
 
 def test_bf16_outputs_float32_probabilities_close_to_fp32(shapes, monkeypatch):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,10 +88,10 @@ def evaluate(model: STEPModel, dataset: ReferDataset, *, batch_size: int = 16, d
 
     ``group_by_image=True`` (default): the samples are grouped by image; each image is decoded
     and letterboxed once (or its taps read from ``cache``), encoded once (``model.encode``: the
-    visual maps, phi of Eq. 2 and the image side of Eq. 1; a few images per call, as many as
-    hold ``batch_size`` expressions) and all its expressions run on that encoding in chunks of
-    ``batch_size``. ``False``: batches of ``batch_size`` samples, each with
-    its own image pass (the older path; the metrics are the same).
+    visual maps, phi of Eq. 2 and the image side of Eq. 1; ``batch_size`` images per call) and
+    all its expressions run on that encoding, in chunks of ``batch_size`` expressions.
+    ``False``: batches of ``batch_size`` samples, each with its own image pass (the older path;
+    the metrics are the same).
 
     ``precision``: "fp32" | "bf16" | "auto" (``step_ris.precision``), or a dtype from
     ``resolve_precision``; ``amp=True`` is the older spelling of "bf16". Probabilities are
@@ -225,20 +225,6 @@ def _pad(tokens: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _image_batches(items: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Consecutive images whose expressions add up to ``batch_size`` or more (the last batch: the rest)."""
-    batch: list[dict[str, Any]] = []
-    count = 0
-    for item in items:
-        batch.append(item)
-        count += len(item["indices"])
-        if count >= batch_size:
-            yield batch
-            batch, count = [], 0
-    if batch:
-        yield batch
-
-
 def _one_image(encoding: ImageEncoding, k: int) -> ImageEncoding:
     """Image ``k`` of a batched encoding, as a batch of 1 (views, no copies)."""
     return ImageEncoding(maps=[m[k:k + 1] for m in encoding.maps],
@@ -249,18 +235,20 @@ def _one_image(encoding: ImageEncoding, k: int) -> ImageEncoding:
 def _by_image(model: STEPModel, dataset: ReferDataset, indices: list[int], *, batch_size: int, device,
               cache: FeatureCache | None, dtype: torch.dtype | None, workers: int, progress: bool,
               desc: str) -> Iterator[Chunk]:
-    """Per image: one encoding, then its expressions in chunks of ``batch_size``.
+    """Each image encoded once; its expressions run on its encoding in chunks of ``batch_size``.
 
-    Images are encoded a few at a time (as many as hold ``batch_size`` expressions), since a
-    backbone runs faster per image on a batch than on one image; each image's expressions then
-    run on its own slice of that encoding, broadcast to the chunk.
+    Images are encoded ``batch_size`` at a time (a backbone runs faster per image on a batch, and
+    the per-sample path holds as many); each image's expressions run on its batch-1 slice of
+    that encoding, broadcast to the chunk (no copies: on a CPU, copying the encoding row by row
+    to batch expressions of several images costs as much as it saves).
     """
     groups = image_groups(dataset, indices)
-    loader = DataLoader(ImageGroups(dataset, groups, cache), batch_size=None, shuffle=False,
-                        num_workers=0 if cache is not None else workers)
+    loader = iter(DataLoader(ImageGroups(dataset, groups, cache), batch_size=None, shuffle=False,
+                             num_workers=0 if cache is not None else workers))
     done = 0
     with tqdm(total=len(groups), desc=desc, unit="img", disable=not progress, leave=False) as bar:
-        for items in _image_batches(loader, batch_size):
+        for first in range(0, len(groups), batch_size):
+            items = [next(loader) for _ in groups[first:first + batch_size]]
             with autocast(device, dtype):
                 if cache is not None:
                     rows = torch.tensor([item["row"] for item in items], dtype=torch.int64)
