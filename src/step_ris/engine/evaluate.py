@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..constants import MASK_THRESHOLD
 from ..data.dataset import ReferDataset, collate
 from ..data.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..data.transforms import unletterbox
@@ -38,7 +39,7 @@ from .metrics import SegmentationMeter, intersection_union, iou_from_counts
 log = logging.getLogger(__name__)
 
 REFERENCES = ("all objects", "largest object", "random object")
-THRESHOLD = 0.5
+THRESHOLD = MASK_THRESHOLD  # the predictor's threshold (constants.py)
 
 
 def subset_indices(n: int, limit: int, seed: int = 0) -> list[int]:
