@@ -13,6 +13,7 @@ import pytest
 from step_ris.cli import main
 from step_ris.data import shapesref as sr
 from step_ris.data.shapesref import evaluate_logical_form, generate_shapesref, load_shapesref
+from step_ris.data.shapesref.generalized import MULTI_FAMILIES, MULTI_TARGET_SHARE, NO_TARGET_SHARE
 from step_ris.data.shapesref.logic import (
     All,
     Both,
@@ -28,7 +29,6 @@ from step_ris.data.shapesref.logic import (
     logical_form_rules_out_all,
     rules_out_all,
 )
-from step_ris.data.shapesref.plan import MULTI_FAMILIES, MULTI_TARGET_SHARE, NO_TARGET_SHARE
 from step_ris.text import tokenize
 
 N_IMAGES = 160

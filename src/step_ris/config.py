@@ -142,6 +142,10 @@ class ExperimentConfig:
 GLOVE_840B = "data/refer/glove/glove.840B.300d.txt"
 _PAPER_MODEL = ModelConfig(backbone_weights="deeplabv3-coco", word_vectors=GLOVE_840B)
 
+# The scale of the CPU presets: frozen ImageNet EfficientNet-Lite0 taps, S = 128, small widths.
+_CPU_SCALE = ModelConfig(backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True,
+                         image_size=128, lstm_hidden=128, attention_dim=64, embed_dim=128, filters=32)
+
 PRESETS: dict[str, ExperimentConfig] = {
     # Table 1/2 "Ours (1-fold)": ConvLSTM refiner.
     "paper-1fold": ExperimentConfig(name="paper-1fold", model=_PAPER_MODEL),
@@ -153,23 +157,9 @@ PRESETS: dict[str, ExperimentConfig] = {
     # per-sample normalisation in the co-embedding and scaled Q_t (docs/recipes.md).
     "shapes-cpu": ExperimentConfig(
         name="shapes-cpu",
-        model=ModelConfig(
-            backbone="efficientnet_lite0",
-            backbone_weights="imagenet",
-            freeze_backbone=True,
-            image_size=128,
-            word_vectors="learned",
-            word_dim=64,
-            lstm_hidden=128,
-            attention_dim=64,
-            embed_dim=128,
-            embed_norm="layer",
-            q_scale=10.0,
-            q_leak=0.1,
-            q_norm="max",
-            cell="convgru",
-            filters=32,
-            folds=1,
+        model=dataclasses.replace(
+            _CPU_SCALE, word_vectors="learned", word_dim=64, embed_norm="layer", q_scale=10.0, q_leak=0.1,
+            q_norm="max", cell="convgru",
         ),
         data=DataConfig(dataset="shapesref", root="data/shapesref-cpu"),
         train=TrainConfig(
@@ -183,19 +173,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     # poly decay), differing only in scale: frozen EfficientNet-Lite0 taps, S = 128, small widths.
     "shapes-paper": ExperimentConfig(
         name="shapes-paper",
-        model=ModelConfig(
-            backbone="efficientnet_lite0",
-            backbone_weights="imagenet",
-            freeze_backbone=True,
-            image_size=128,
-            word_vectors="glove-6b-50d",
-            word_dim=50,
-            lstm_hidden=128,
-            attention_dim=64,
-            embed_dim=128,
-            cell="convlstm",
-            filters=32,
-        ),
+        model=dataclasses.replace(_CPU_SCALE, word_vectors="glove-6b-50d", word_dim=50, cell="convlstm"),
         data=DataConfig(dataset="shapesref", root="data/shapesref-cpu"),
         train=TrainConfig(
             iters=3_750, batch_size=16, lr=2.5e-4, weight_decay=5e-4, log_every=25, eval_every=625,

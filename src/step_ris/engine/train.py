@@ -19,18 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .._extras import require
@@ -42,9 +39,11 @@ from ..precision import autocast, precision_name, resolve_precision
 from ..text import Vocabulary
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
 from .diagnostics import gradient_norms, heatmap_stats
+from .distributed import any_rank, init_distributed, resolve_device
 from .evaluate import evaluate, format_results, subset_indices
 from .features import CachedSamples, FeatureCache, cache_path, collate_cached
 from .losses import segmentation_loss
+from .sampling import ImageGroupedBatchSampler, StepBatchSampler  # noqa: F401 - also importable from here
 from .schedule import poly_lr
 
 log = logging.getLogger(__name__)
@@ -52,96 +51,6 @@ log = logging.getLogger(__name__)
 
 class TrainingError(RuntimeError):
     """Training cannot go on (NaN loss, incompatible resume, ...); the message says why."""
-
-
-class StepBatchSampler(Sampler):
-    """Batches of sample indices for steps ``start .. stop - 1``, a pure function of the step.
-
-    The global order is one seeded permutation per epoch; step ``k`` takes global positions
-    ``[k * B * world, (k + 1) * B * world)`` and rank ``r`` its ``r``-th block of ``B``.
-    """
-
-    def __init__(self, n: int, batch_size: int, start: int, stop: int, *, seed: int = 0, world: int = 1,
-                 rank: int = 0):
-        self.n, self.batch, self.start, self.stop = n, batch_size, start, stop
-        self.seed, self.world, self.rank = seed, world, rank
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng((self.seed, epoch)).permutation(self.n)}
-        return self._perms[epoch]
-
-    def indices(self, step: int) -> list[int]:
-        first = (step * self.world + self.rank) * self.batch
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(first, first + self.batch)]
-
-    def __iter__(self):
-        for step in range(self.start, self.stop):
-            yield self.indices(step)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-class ImageGroupedBatchSampler(StepBatchSampler):
-    """Batches of B/K images x K sentences each, for steps ``start .. stop - 1`` (a pure function of the step).
-
-    The images follow one seeded permutation per epoch (an epoch = every image once); the K
-    sentences of an image at a step are drawn by a generator seeded with (seed, step, image),
-    without replacement when the image has K or more. ``image_of[i]``: the image of sample i.
-    """
-
-    def __init__(self, image_of: list[int], batch_size: int, per_image: int, start: int, stop: int, *,
-                 seed: int = 0, world: int = 1, rank: int = 0):
-        groups: dict[int, list[int]] = {}
-        for index, image in enumerate(image_of):
-            groups.setdefault(image, []).append(index)
-        self.groups = list(groups.values())
-        self.per_image = per_image
-        super().__init__(len(self.groups), batch_size // per_image, start, stop, seed=seed, world=world, rank=rank)
-        self.batch_size = batch_size
-
-    def indices(self, step: int) -> list[int]:
-        out = []
-        for g in super().indices(step):  # B/K image groups
-            members = self.groups[g]
-            rng = np.random.default_rng((self.seed, step, g))
-            pick = rng.choice(len(members), size=self.per_image, replace=len(members) < self.per_image)
-            out.extend(members[int(k)] for k in pick)
-        return out
-
-
-DIST_TIMEOUT = timedelta(hours=2)  # rank 0 evaluates while the others wait in a collective
-
-
-def _resolve_device(device: str | None) -> torch.device:
-    """The training device; under torchrun on GPUs, this process's own GPU (LOCAL_RANK)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    return device
-
-
-def _distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world) — initialises the process group under torchrun (NCCL on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=DIST_TIMEOUT)
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every rank when ``flag`` is true on some rank (so all ranks leave the loop together)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -251,10 +160,10 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
             if stop_after is not None and run.step - start_step >= stop_after:
                 stop["signal"] = "stop_after"
             time_up = bool(t.max_minutes) and run.train_seconds >= t.max_minutes * 60
-            if _any_rank(time_up, run.world, run.device):  # the first rank out of time stops all
+            if any_rank(time_up, run.world, run.device):  # the first rank out of time stops all
                 log.info("reached train.max_minutes=%g at step %d", t.max_minutes, run.step)
                 break
-            if _any_rank(bool(stop["signal"]), run.world, run.device):  # every rank stops at the same step
+            if any_rank(bool(stop["signal"]), run.world, run.device):  # every rank stops at the same step
                 stop["signal"] = stop["signal"] or "SIGTERM"
                 break
         if stop["signal"]:
@@ -276,8 +185,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
 
 def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None, progress: bool) -> Run:
     """Everything before the first step: device, process group, data, model, optimiser, caches."""
-    device = _resolve_device(device)
-    rank, world = _distributed(device)
+    device = resolve_device(device)
+    rank, world = init_distributed(device)
     if rank == 0:
         _prepare_out(out, resume)
     ckpt = None
@@ -404,7 +313,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
             _write_diagnostics(run.out, run.writer, run.step + 1, {**heatmap_stats(result), **gradient_norms(model)})
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip if t.grad_clip > 0 else math.inf)
         bad = not bool(torch.isfinite(grad_norm))
-    if _any_rank(bad, run.world, device):
+    if any_rank(bad, run.world, device):
         raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {run.step}; the last "
                             f"good checkpoint is {run.out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
                             "or use train.precision=fp32")

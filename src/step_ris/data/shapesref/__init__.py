@@ -27,19 +27,9 @@ from __future__ import annotations
 
 from ..refer import load_refs
 from .analysis import load_shapesref, referent_bias_report
+from .generalized import G_DATASET, G_FAMILIES, MULTI_TARGET_SHARE, NO_TARGET_SHARE
 from .logic import evaluate_logical_form, form_to_dict, logical_form_rules_out_all
-from .plan import (
-    DATASETS,
-    FAMILIES,
-    G_DATASET,
-    G_FAMILIES,
-    MULTI_TARGET_SHARE,
-    NO_TARGET_SHARE,
-    SPLITS,
-    FamilyBalancer,
-    PlannedRef,
-    plan_refs,
-)
+from .plan import DATASETS, FAMILIES, SPLITS, FamilyBalancer, PlannedRef, plan_refs
 from .scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
 from .writer import (
     COORD_DECIMALS,

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..refer import load_refs
-from .plan import DATASETS, G_DATASET
+from .generalized import G_DATASET
+from .plan import DATASETS
 from .writer import GREFS_FILE, INSTANCES, REFS_FILE
 
 

@@ -37,18 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ...fileio import png_bytes
+from .generalized import G_DATASET, GeneralizedQuota, PlannedGRef, plan_generalized
 from .logic import form_to_dict
-from .plan import (
-    DATASETS,
-    G_DATASET,
-    SPLITS,
-    FamilyBalancer,
-    GeneralizedQuota,
-    PlannedGRef,
-    PlannedRef,
-    plan_generalized,
-    plan_refs,
-)
+from .plan import DATASETS, SPLITS, FamilyBalancer, PlannedRef, plan_refs
 from .scene import SHAPES, Scene, make_scene, render_scene, scene_rng, segmentation
 
 log = logging.getLogger(__name__)
