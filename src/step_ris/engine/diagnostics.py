@@ -8,7 +8,9 @@ the run folder and TensorBoard ``diag/``). Per step t of the ConvRNN:
 - ``q_max_t``: the largest Q_t (averaged over the batch).
 
 And the gradient norms reaching W_v (Eq. 2), W_s (Eq. 3), the ConvRNN input weights W^* (Eqs. 5-8)
-and the biLSTM (Sec. 3.2). docs/recipes.md reads them.
+and the biLSTM (Sec. 3.2) (``grad_*``), beside the norms of those weights themselves (``norm_*``):
+with Adam's coupled L2 weight decay, a weight whose loss gradient is small shrinks by about lr per
+step whatever its size, and ``norm_*`` shows it. docs/recipes.md reads them.
 """
 
 from __future__ import annotations
@@ -34,20 +36,30 @@ def heatmap_stats(out: STEPOutput) -> dict[str, float]:
     return stats
 
 
-def _norm(params) -> float:
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+def _norm(tensors) -> float:
+    norms = [x.detach().float().norm() for x in tensors if x is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _groups(model: STEPModel) -> dict[str, list[torch.nn.Parameter]]:
+    """The weights the diagnostics watch: W_v, W_s, the ConvRNN input weights, the biLSTM."""
+    groups = {}
+    fusion = model.fusion
+    if hasattr(fusion, "visual") and hasattr(fusion, "text"):
+        groups["W_v"] = list(fusion.visual.parameters())
+        groups["W_s"] = list(fusion.text.parameters())
+    cell = getattr(model.refiner, "cell", None)
+    if cell is not None:
+        groups["rnn_input"] = list(cell.input_gates.parameters())
+    groups["bilstm"] = list(model.language.lstm.parameters())
+    return groups
 
 
 def gradient_norms(model: STEPModel) -> dict[str, float]:
-    """L2 norms of the gradients (after backward) reaching the inputs of Eq. 4 and the ConvRNN."""
+    """L2 norms (after backward) of the gradients reaching the inputs of Eq. 4 and the ConvRNN
+    (``grad_*``) and of those weights (``norm_*``)."""
     out = {}
-    fusion = model.fusion
-    if hasattr(fusion, "visual") and hasattr(fusion, "text"):
-        out["grad_W_v"] = _norm(fusion.visual.parameters())
-        out["grad_W_s"] = _norm(fusion.text.parameters())
-    cell = getattr(model.refiner, "cell", None)
-    if cell is not None:
-        out["grad_rnn_input"] = _norm(cell.input_gates.parameters())
-    out["grad_bilstm"] = _norm(model.language.lstm.parameters())
+    for name, params in _groups(model).items():
+        out[f"grad_{name}"] = _norm(p.grad for p in params)
+        out[f"norm_{name}"] = _norm(params)
     return out
