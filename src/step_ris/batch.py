@@ -6,7 +6,7 @@ byte-order mark is accepted). For each line, ``<out_dir>/<id>.png`` (0/255 mask 
 size, written atomically) and one line of the results file (default
 ``<out_dir>/results.jsonl``)::
 
-    {"id", "image", "expression", "mask", "score", "area", "words", "unknown_words",
+    {"id", "image", "expression", "mask", "matched", "score", "area", "words", "unknown_words",
      "truncated", "height", "width"}           or, when that line failed,
     {"id", "image", "expression", "error"}
 
@@ -37,7 +37,7 @@ from .visualize import mask_image
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-_RESULT_KEYS = ("score", "area", "words", "unknown_words", "truncated", "height", "width")
+_RESULT_KEYS = ("matched", "score", "area", "words", "unknown_words", "truncated", "height", "width")
 
 
 @dataclass

@@ -324,6 +324,9 @@ def cmd_predict(args) -> int:
     print(json.dumps({**prediction.summary(), "image": str(image), "model": predictor.source,
                       "files": {flag.lstrip("-"): str(p) for flag, p in outputs.items() if p is not None}},
                      ensure_ascii=False, indent=2))
+    if not prediction.matched:
+        print(f"nothing in {image.name} matches {args.expression!r} (score {prediction.score:.3f}): the mask is empty",
+              file=sys.stderr)
     return 0
 
 

@@ -70,6 +70,8 @@ class ModelConfig:
     kernel: int = 3
     folds: int = 1  # K; T = 5K steps
     reverse: bool = False  # "reverse STEP": levels F5 -> F1
+    # Beyond the paper: a no-target decision for expressions that match nothing (model/match_head.py)
+    match_head: bool = False
 
     @property
     def steps(self) -> int:
@@ -94,10 +96,12 @@ class TrainConfig:
     batch_size: int = 1
     lr: float = 2.5e-4
     weight_decay: float = 5e-4
+    optimizer: Literal["adam", "adamw"] = "adam"  # adam: L2 added to the gradient (2019 code); adamw: decoupled
     poly_power: float = 0.9
     warmup_iters: int = 0
     loss_all_steps: bool = False  # supervise every P_t, not only P_T (docs/model.md, choice 13)
     dice_weight: float = 0.0  # add Dice to BCE when > 0
+    match_weight: float = 1.0  # weight of the no-target decision's BCE (only with model.match_head)
     amp: bool = False  # old name of precision=bf16 (kept: true means bf16)
     precision: Precision = "fp32"  # autocast: fp32 | bf16 | auto (bf16 where the CPU or GPU has it; precision.py)
     channels_last: bool = False  # NHWC memory format for the convolutions (faster with mkldnn / cuDNN)

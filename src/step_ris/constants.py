@@ -14,6 +14,8 @@ from __future__ import annotations
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 MASK_THRESHOLD: float = 0.5
+# The no-target decision (model/match_head.py): something matches when sigmoid(match logit) >= this.
+MATCH_THRESHOLD: float = 0.5
 EXPLAIN_VIEWS: tuple[str, ...] = ("attention", "similarity")
 
-__all__ = ["EXPLAIN_VIEWS", "IMAGENET_MEAN", "IMAGENET_STD", "MASK_THRESHOLD"]
+__all__ = ["EXPLAIN_VIEWS", "IMAGENET_MEAN", "IMAGENET_STD", "MASK_THRESHOLD", "MATCH_THRESHOLD"]

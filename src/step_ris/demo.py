@@ -123,7 +123,10 @@ class Segmented:
             how = f"image decoded and encoded in {self.encode_ms:.1f} ms"
         else:
             how = "image encoded with the expression"
-        return f"**{self.latency_ms:.1f} ms** for the expression; {how}"
+        line = f"**{self.latency_ms:.1f} ms** for the expression; {how}"
+        if not self.prediction.matched:
+            line = f"**Nothing in this image matches** (score {self.prediction.score:.2f}). " + line
+        return line
 
 
 class DemoApp:

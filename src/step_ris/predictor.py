@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .constants import MASK_THRESHOLD
+from .constants import MASK_THRESHOLD, MATCH_THRESHOLD
 from .data.image_io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .data.transforms import letterbox_image, unletterbox
 from .fileio import atomic_write_files, png_bytes
@@ -58,6 +58,8 @@ class Prediction:
     words: the tokens the model saw (after folding, lower-casing and truncation).
     unknown_words: the distinct words of ``words`` outside the vocabulary (read as ``<unk>``).
     truncated: True when the expression had more than ``max_words`` words.
+    match_probability: sigmoid of the no-target decision (models with ``match_head``; None
+        without one). Below 0.5 the model says nothing matches and ``mask`` is empty.
     """
 
     expression: str
@@ -71,6 +73,12 @@ class Prediction:
     unknown_words: list[str] = field(default_factory=list)
     truncated: bool = False
     threshold: float = THRESHOLD
+    match_probability: float | None = None
+
+    @property
+    def matched(self) -> bool:
+        """Whether anything in the image matches the expression (the mask is not empty)."""
+        return bool(self.mask.any())
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,7 +87,10 @@ class Prediction:
 
     @property
     def score(self) -> float:
-        """Mean probability inside the mask (0.0 for an empty mask): the model's confidence."""
+        """The model's confidence that something matches: ``match_probability`` with a no-target
+        decision; otherwise the mean probability inside the mask (0.0 for an empty mask)."""
+        if self.match_probability is not None:
+            return float(self.match_probability)
         return float(self.probability[self.mask].mean()) if self.mask.any() else 0.0
 
     @property
@@ -91,7 +102,8 @@ class Prediction:
         """A JSON-ready description without the arrays."""
         return {"expression": self.expression, "words": self.words, "unknown_words": self.unknown_words,
                 "truncated": self.truncated, "height": self.size[0], "width": self.size[1],
-                "threshold": self.threshold, "score": round(self.score, 6), "area": round(self.area, 6)}
+                "threshold": self.threshold, "matched": self.matched, "score": round(self.score, 6),
+                "area": round(self.area, 6)}
 
 
 @dataclass(frozen=True)
@@ -309,14 +321,20 @@ class Predictor:
                 steps = torch.sigmoid(steps[:, :, :h, :w]).cpu().numpy()  # (B, T, h, w)
                 attention = result.attention.float().cpu().numpy()  # (B, T, L)
                 similarity = result.similarity.float().cpu().numpy()  # (B, T, L)
+                match = (None if result.match_logits is None
+                         else torch.sigmoid(result.match_logits.float()).cpu().tolist())  # (B,)
                 for row, q in enumerate(chunk):
                     n = len(q.ids)
                     p = np.ascontiguousarray(prob[row], dtype=np.float32)
+                    mask = p >= self.threshold
+                    if match is not None and match[row] < MATCH_THRESHOLD:
+                        mask = np.zeros_like(mask)  # the model says nothing here matches
                     out.append(Prediction(
-                        expression=q.expression, words=list(q.words), mask=p >= self.threshold, probability=p,
+                        expression=q.expression, words=list(q.words), mask=mask, probability=p,
                         steps=np.ascontiguousarray(steps[row]), attention=attention[row, :, :n].copy(),
                         similarity=similarity[row, :, :n].copy(), levels=tuple(result.levels),
-                        unknown_words=list(q.unknown_words), truncated=q.truncated, threshold=self.threshold))
+                        unknown_words=list(q.unknown_words), truncated=q.truncated, threshold=self.threshold,
+                        match_probability=None if match is None else float(match[row])))
         return out
 
 

@@ -26,14 +26,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..constants import MASK_THRESHOLD
+from ..constants import MASK_THRESHOLD, MATCH_THRESHOLD
 from ..data.dataset import ReferDataset, collate
 from ..data.image_io import DEFAULT_MAX_PIXELS, load_image
 from ..data.transforms import unletterbox
 from ..model import STEPModel
-from ..model.step import ImageEncoding
+from ..model.step import ImageEncoding, STEPOutput
 from ..precision import autocast, precision_name, resolve_precision
 from .features import CachedSamples, FeatureCache, collate_cached
+from .gres import GresMeter, GresReferences
 from .metrics import SegmentationMeter, intersection_union, iou_from_counts
 
 log = logging.getLogger(__name__)
@@ -148,9 +149,13 @@ Chunk = tuple[list[int], torch.Tensor, torch.Tensor, list[str]]
 """Sample indices, probabilities (B, S, S) float32 on the CPU, valid_hw (B, 2), families."""
 
 
-def _probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, 1, S, S) logits of any dtype -> (B, S, S) float32 probabilities on the CPU."""
-    return torch.sigmoid(logits.float())[:, 0].cpu()
+def _probabilities(out: STEPOutput) -> torch.Tensor:
+    """The output's (B, 1, S, S) logits of any dtype -> (B, S, S) float32 probabilities on the CPU;
+    all zero for an expression the no-target decision (``match_logits``) says matches nothing."""
+    probs = torch.sigmoid(out.logits.float())[:, 0]
+    if out.match_logits is not None:
+        probs = probs * (torch.sigmoid(out.match_logits.float()) >= MATCH_THRESHOLD).to(probs.dtype).view(-1, 1, 1)
+    return probs.cpu()
 
 
 def _by_batch(model: STEPModel, dataset: ReferDataset, indices: list[int], *, batch_size: int, device,
@@ -172,7 +177,7 @@ def _by_batch(model: STEPModel, dataset: ReferDataset, indices: list[int], *, ba
                     out = model(None, tokens, valid, features=features)
                 else:
                     out = model(batch["image"].to(device), tokens, valid)
-            yield batch["index"].tolist(), _probabilities(out.logits), batch["valid_hw"], batch["family"]
+            yield batch["index"].tolist(), _probabilities(out), batch["valid_hw"], batch["family"]
             bar.update(len(batch["family"]))
 
 
@@ -265,7 +270,7 @@ def _by_image(model: STEPModel, dataset: ReferDataset, indices: list[int], *, ba
                     valid = valid_hw.expand(tokens.shape[0], 2)  # (B, 2)
                     with autocast(device, dtype):
                         out = model(None, tokens, valid.to(device), features=image)
-                    yield item["indices"][start:stop], _probabilities(out.logits), valid, item["family"][start:stop]
+                    yield item["indices"][start:stop], _probabilities(out), valid, item["family"][start:stop]
                 done += len(item["indices"])
                 bar.set_postfix(expressions=done, refresh=False)  # shown by the update's refresh
                 bar.update(1)
@@ -285,6 +290,8 @@ class _Scorer:
         self.refs = ReferenceMasks(dataset, seed) if references else None
         self.counts: dict[int, tuple[int, int, str]] = {}  # position -> (intersection, union, family)
         self.ref_counts: dict[int, dict[str, tuple[int, int]]] = {}
+        self.gres: dict[int, tuple[int, int, int, int, str]] = {}  # position -> (I, U, pred area, targets, family)
+        self.gres_refs: dict[int, tuple[np.ndarray, list[np.ndarray], str, int]] = {}
 
     def score(self, position: int, index: int, prob: torch.Tensor, valid_hw: torch.Tensor, family: str) -> None:
         """Score sample ``index`` from its letterboxed probabilities ``prob`` (S, S)."""
@@ -294,10 +301,36 @@ class _Scorer:
             from .crf import dense_crf
 
             p = dense_crf(self.photos(index, target.shape), p)  # (H, W)
-        self.counts[position] = (*intersection_union(p >= THRESHOLD, target), family)
+        pred = p >= THRESHOLD
+        inter, union = intersection_union(pred, target)
+        self.counts[position] = (inter, union, family)
+        meta = self.dataset.meta(index)
+        self.gres[position] = (inter, union, int(pred.sum()), meta["target_count"], family)
         if self.refs is not None:
-            masks = self.refs(self.dataset.meta(index)["image_id"], index)
+            masks = self.refs(meta["image_id"], index)
             self.ref_counts[position] = {name: intersection_union(m, target) for name, m in masks.items()}
+            empty = np.zeros_like(target)
+            self.gres_refs[position] = tuple(  # (I, U, pred area) of "always empty" and "all objects"
+                (*intersection_union(m, target), int(m.sum())) for m in (empty, masks["all objects"]))
+
+    def _gres_summary(self, indices: list[int]) -> dict[str, Any]:
+        """The GRES metrics (engine/gres.py): gIoU, cIoU, N-acc, T-acc, by_target_count, and under
+        ``gres_references`` the same for "always empty" and "all objects" (when references are on)."""
+        meter = GresMeter()
+        refs = GresReferences()
+        for position in range(len(indices)):
+            inter, union, area, count, family = self.gres[position]
+            meter.add(inter, union, area, count, family)
+            if position in self.gres_refs:
+                for name, counts in zip(("always empty", "all objects"), self.gres_refs[position], strict=True):
+                    refs.meters[name].add(*counts, count, family)
+        gres = meter.result()
+        out = {key: gres[key] for key in ("gIoU", "cIoU", "N-acc", "T-acc", "n_no_target", "n_target")}
+        out["by_target_count"] = gres["by_target_count"]
+        out["gres_by_family"] = gres["by_family"]
+        if self.refs is not None:
+            out["gres_references"] = refs.result()
+        return out
 
     def summary(self, indices: list[int], *, per_sample: bool) -> dict[str, Any]:
         meter = SegmentationMeter()
@@ -308,6 +341,7 @@ class _Scorer:
             for name, (i, u) in self.ref_counts.get(position, {}).items():
                 ref_meters[name].add(i, u, family)
         result = meter.summary()
+        result.update(self._gres_summary(indices))
         if self.refs is not None:
             result["references"] = {name: m.summary() for name, m in ref_meters.items()}
         if self.crf:

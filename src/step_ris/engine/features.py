@@ -133,11 +133,12 @@ class CachedSamples(Dataset):
             "tokens": torch.tensor(self.dataset.token_ids(index), dtype=torch.int64),
             "index": index,
             "family": meta["family"],
+            "target_count": meta["target_count"],
         }
 
 
 def collate_cached(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Like ``data.dataset.collate`` with ``row`` (B,) instead of images."""
+    """Like ``data.dataset.collate`` with ``row`` (B,) instead of images (and ``target_count`` (B,))."""
     lengths = [int(s["tokens"].numel()) for s in samples]
     tokens = torch.zeros(len(samples), max(lengths), dtype=torch.int64)
     for k, s in enumerate(samples):
@@ -149,4 +150,5 @@ def collate_cached(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens": tokens,
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "family": [s["family"] for s in samples],
+        "target_count": torch.tensor([int(s.get("target_count", 1)) for s in samples], dtype=torch.int64),
     }

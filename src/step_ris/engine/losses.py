@@ -42,3 +42,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, step_logits
         parts["dice"] = float(dice.detach())
     parts["loss"] = float(total.detach())
     return total, parts
+
+
+def match_loss(match_logits: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
+    """BCE of the no-target decision (model/match_head.py) against "the expression has a target".
+
+    match_logits: (B,); target_count: (B,) int, the number of objects each expression means.
+    """
+    has_target = (target_count > 0).to(torch.float32).to(match_logits.device)
+    return F.binary_cross_entropy_with_logits(match_logits.float(), has_target)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .._extras import require
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, TrainConfig
 from ..data.dataset import ReferDataset, build_vocab, collate
 from ..data.refer import ReferData
 from ..model import STEPModel, build_model
@@ -42,7 +42,7 @@ from .diagnostics import gradient_norms, heatmap_stats
 from .distributed import any_rank, init_distributed, resolve_device
 from .evaluate import evaluate, format_results, subset_indices
 from .features import CachedSamples, FeatureCache, cache_path, collate_cached
-from .losses import segmentation_loss
+from .losses import match_loss, segmentation_loss
 from .sampling import ImageGroupedBatchSampler, StepBatchSampler  # noqa: F401 - also importable from here
 from .schedule import poly_lr
 
@@ -217,7 +217,7 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = build_optimizer(params, t)
     step, train_seconds, history = 0, 0.0, []
     if ckpt:
         model.load_state_dict(ckpt["model"])
@@ -277,6 +277,19 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
                writer=writer, step=step, train_seconds=train_seconds, history=history, precision=precision)
 
 
+def build_optimizer(params, t: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (Sec. 3.6) with the weight decay of ``train.optimizer``.
+
+    "adam": weight_decay * w is added to the gradient (the paper's L2 term, as 2019 code has it).
+    Adam then divides by the gradient's running scale, so a weight whose loss gradient is small
+    next to weight_decay * w shrinks by about lr per step whatever its size. "adamw": the decay
+    is applied apart from Adam's scaling, w -= lr * weight_decay * w (Loshchilov & Hutter, 2019).
+    docs/recipes.md measures what this does to the literal Eq. 4.
+    """
+    optim = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return optim(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
 def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
     """One optimiser step on ``batch``: poly lr, forward (Eqs. 1-10), loss (Eq. 11), backward, step.
 
@@ -305,6 +318,11 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
     loss, parts = segmentation_loss(result.logits, batch["mask"].to(device),
                                     step_logits=result.step_logits if t.loss_all_steps else None,
                                     dice_weight=t.dice_weight)
+    if result.match_logits is not None:  # the no-target decision (model.match_head), its own BCE
+        matched = match_loss(result.match_logits, batch["target_count"])
+        loss = loss + t.match_weight * matched
+        parts["match"] = float(matched.detach())
+        parts["loss"] = float(loss.detach())
     run.optimizer.zero_grad(set_to_none=True)
     bad = not math.isfinite(parts["loss"])
     if not bad:

@@ -8,6 +8,7 @@ from ..config import ModelConfig
 from .backbones import build_backbone, freeze
 from .co_embedding import CoEmbedding, ConcatConv
 from .language_encoder import LanguageEncoder, WordEmbedding
+from .match_head import MatchHead
 from .refiner import Refiner
 from .step import STEPModel
 from .textual_attention import TextualAttention
@@ -61,9 +62,13 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
     refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps)
     if cfg.refiner_input_gain != 1.0:
         refiner.scale_input_weights(cfg.refiner_input_gain)
+    match = None
+    if cfg.match_head:  # the no-target decision, an extension (model/match_head.py)
+        match = MatchHead(filters=cfg.filters if refiner.cell is not None else 0, steps=cfg.steps)
     return STEPModel(visual=visual, language=language, attention=attention, fusion=fusion, refiner=refiner,
                      folds=cfg.folds, reverse=cfg.reverse, use_ltr=cfg.use_ltr, first_step=cfg.first_step,
-                     q_scale=cfg.q_scale, q_norm=cfg.q_norm, q_leak=cfg.q_leak, feedback_grad=cfg.feedback_grad)
+                     q_scale=cfg.q_scale, q_norm=cfg.q_norm, q_leak=cfg.q_leak, feedback_grad=cfg.feedback_grad,
+                     match=match)
 
 
 def count_parameters(model: STEPModel) -> dict[str, dict[str, int]]:

@@ -129,6 +129,12 @@ class Refiner(nn.Module):
         out, state = self.cell(q, state)
         return self.head(out), state
 
+    def output(self, state) -> torch.Tensor | None:
+        """The ConvRNN's output h_t held in ``state`` ((h, c) for ConvLSTM, h for ConvGRU); None without one."""
+        if self.cell is None or state is None:
+            return None
+        return state[0] if isinstance(state, tuple) else state
+
     def final(self, last_logits: torch.Tensor, qs: list[torch.Tensor]) -> torch.Tensor:
         """Logits of the output map (B, 1, H, W)."""
         if self.cell is None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .co_embedding import CoEmbedding, ConcatConv
 from .language_encoder import LanguageEncoder, TextFeatures
+from .match_head import MatchHead
 from .refiner import Refiner
 from .textual_attention import TextualAttention
 from .visual_encoder import VisualEncoder
@@ -104,6 +105,7 @@ class STEPOutput:
     levels: tuple[int, ...] = ()
     cosines: list[torch.Tensor] | None = None  # per step: <phi, psi> of Eq. 4 before max(0, .), (B, 1, h_l, w_l)
     masks: list[torch.Tensor] | None = None  # per step: the valid cells of level l_t, (B, h_l, w_l)
+    match_logits: torch.Tensor | None = None  # (B,) "something matches" logit (model.match_head), else None
 
 
 def level_masks(valid_hw: torch.Tensor | None, size: int, grids: list[tuple[int, int]], batch: int,
@@ -147,12 +149,15 @@ class STEPModel(nn.Module):
             the valid cells to [0, 1] (defined for every input, also with ``q_leak``).
         feedback_grad: False detaches P_{t-1} where it enters Eq. 1 (a diagnostic switch; the
             paper trains end to end, True).
+        match: MatchHead, the no-target decision (an extension beyond the paper; None = STEP as
+            the paper has it): fills ``STEPOutput.match_logits``.
     """
 
     def __init__(self, *, visual: VisualEncoder, language: LanguageEncoder, attention: TextualAttention | None,
                  fusion: CoEmbedding | ConcatConv, refiner: Refiner, folds: int = 1, reverse: bool = False,
                  use_ltr: bool = True, first_step: str = "final-state", q_scale: float = 1.0,
-                 q_norm: str = "none", q_leak: float = 0.0, feedback_grad: bool = True):
+                 q_norm: str = "none", q_leak: float = 0.0, feedback_grad: bool = True,
+                 match: MatchHead | None = None):
         super().__init__()
         if first_step not in ("final-state", "uniform"):
             raise ValueError(f"first_step={first_step!r}; choose 'final-state' or 'uniform'")
@@ -172,6 +177,7 @@ class STEPModel(nn.Module):
         self.q_norm = q_norm
         self.q_leak = q_leak
         self.feedback_grad = feedback_grad
+        self.match = match
 
     @staticmethod
     def level_order(folds: int, reverse: bool) -> tuple[int, ...]:
@@ -285,8 +291,9 @@ class STEPModel(nn.Module):
                 sims.append(F.cosine_similarity(s.unsqueeze(1), text.states, dim=-1) * text.mask)  # (B, L)
         final = self.refiner.final(step_logits[-1], qs)  # (B, 1, S/4, S/4)
         logits = F.interpolate(final, size=(size, size), mode="bilinear", align_corners=False)  # Eq. 10
+        match = None if self.match is None else self.match(self.refiner.output(state), final, qs, pixel_masks[0])
         if not return_intermediates:
-            return STEPOutput(logits=logits, levels=self.levels)
+            return STEPOutput(logits=logits, levels=self.levels, match_logits=match)
         return STEPOutput(
             logits=logits,
             step_logits=torch.cat(step_logits, dim=1),  # (B, T, S/4, S/4)
@@ -296,4 +303,5 @@ class STEPModel(nn.Module):
             levels=self.levels,
             cosines=cosines or None,
             masks=[pixel_masks[lv] for lv in self.levels],
+            match_logits=match,
         )

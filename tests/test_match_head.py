@@ -1,0 +1,144 @@
+"""The no-target decision (model/match_head.py): wiring, loss, evaluation (GRES keys), product fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from step_ris.config import PRESETS, get_preset
+from step_ris.data.dataset import ReferDataset, build_vocab
+from step_ris.data.shapesref import generate_shapesref
+from step_ris.engine.evaluate import evaluate
+from step_ris.engine.losses import match_loss
+from step_ris.engine.train import train
+from step_ris.model import build_model
+from step_ris.model.match_head import MatchHead
+from step_ris.predictor import Predictor
+
+
+def tiny_model(vocab_size: int = 30, **changes):
+    cfg = dataclasses.replace(get_preset("tiny").model, match_head=True, **changes)
+    torch.manual_seed(0)
+    return build_model(cfg, vocab_size, load_backbone_weights=False).eval()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gmatch") / "data"
+    generate_shapesref(out, 40, 3, 64, progress=False, generalized=True)
+    return out
+
+
+def test_paper_presets_have_no_head_and_the_switch_adds_one():
+    for name in ("paper-1fold", "paper-5fold", "shapes-paper", "shapes-cpu"):
+        assert PRESETS[name].model.match_head is False
+    plain = build_model(get_preset("tiny").model, 30, load_backbone_weights=False)
+    assert plain.match is None
+    assert plain(torch.randn(2, 3, 64, 64), torch.randint(1, 30, (2, 4))).match_logits is None
+    model = tiny_model()
+    out = model(torch.randn(3, 3, 64, 64), torch.randint(1, 30, (3, 4)))
+    assert out.match_logits.shape == (3,)
+    # the head reads h_T (2F), P_T (2) and every Q_t (T): its input size pins that wiring
+    assert model.match.linear.in_features == 2 * 8 + 2 + model.steps
+    conv1x1 = tiny_model(cell="conv1x1")
+    assert conv1x1.match.linear.in_features == 2 + conv1x1.steps
+
+
+def test_head_reads_only_valid_cells():
+    head = MatchHead(filters=4, steps=2)
+    valid = torch.zeros(1, 6, 6, dtype=torch.bool)
+    valid[:, :3, :4] = True
+    hidden, logits = torch.randn(1, 4, 6, 6), torch.randn(1, 1, 6, 6)
+    qs = [torch.rand(1, 1, 6, 6) for _ in range(2)]
+    before = head(hidden, logits, qs, valid)
+    hidden2, logits2 = hidden.clone(), logits.clone()
+    hidden2[:, :, 3:] = 100.0  # padding changes, valid cells do not
+    logits2[:, :, :, 4:] = -100.0
+    qs2 = [q.clone().index_fill_(2, torch.tensor([5]), 7.0) for q in qs]
+    assert torch.allclose(before, head(hidden2, logits2, qs2, valid))
+    z = head.features(hidden, logits, qs, valid)
+    assert torch.allclose(z[0, :4], hidden[0, :, :3, :4].mean(dim=(1, 2)))
+    assert torch.allclose(z[0, 4:8], hidden[0, :, :3, :4].amax(dim=(1, 2)))
+    assert torch.allclose(z[0, 8], logits[0, 0, :3, :4].max())
+    assert torch.allclose(z[0, 10], qs[0][0, 0, :3, :4].max())
+
+
+def test_head_uses_the_final_convrnn_output():
+    model = tiny_model(cell="convlstm")
+    images, tokens = torch.randn(2, 3, 64, 64), torch.randint(1, 30, (2, 4))
+    seen = {}
+    model.match.register_forward_hook(lambda m, args, out: seen.update(hidden=args[0]))
+    model.refiner.head.register_forward_hook(lambda m, args, out: seen.setdefault("outs", []).append(args[0]))
+    model(images, tokens)
+    assert torch.equal(seen["hidden"], seen["outs"][-1])  # h_T, the input of Eq. 9 at the last step
+
+
+def test_match_loss_is_bce_against_having_a_target():
+    logits = torch.tensor([2.0, -1.0, 0.5])
+    counts = torch.tensor([0, 1, 3])
+    expected = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0, 1.0]))
+    assert torch.allclose(match_loss(logits, counts), expected)
+
+
+def _force(model, bias: float):
+    with torch.no_grad():
+        model.match.linear.weight.zero_()
+        model.match.linear.bias.fill_(bias)
+
+
+def test_evaluate_reports_gres_and_the_head_empties_predictions(root):
+    vocab = build_vocab(root, "shapesref-g", "train")
+    val = ReferDataset(root, "shapesref-g", "val", vocab, 64)
+    model = tiny_model(len(vocab))
+    _force(model, -20.0)  # never matches: every prediction is empty
+    result = evaluate(model, val, batch_size=4, progress=False)
+    for key in ("gIoU", "cIoU", "N-acc", "T-acc", "by_target_count", "gres_references"):
+        assert key in result
+    empty = result["gres_references"]["always empty"]
+    assert result["N-acc"] == 1.0 and result["T-acc"] == 0.0
+    assert result["gIoU"] == pytest.approx(empty["gIoU"])
+    assert result["n_no_target"] > 0 and set(result["by_target_count"]) == {"0", "1", "2+"}
+    assert result["oIoU"] == 0.0
+    _force(model, 20.0)  # always matches: the masks are the model's own
+    matched = evaluate(model, val, batch_size=4, progress=False)
+    model.match = None  # the same network without the gate
+    ungated = evaluate(model, val, batch_size=4, progress=False)
+    assert matched["oIoU"] == ungated["oIoU"] and matched["gIoU"] == ungated["gIoU"]
+
+
+def test_prediction_matched_score_and_summary(root):
+    vocab = build_vocab(root, "shapesref-g", "train")
+    model = tiny_model(len(vocab))
+    with torch.no_grad():
+        model.refiner.head.weight.zero_()
+        model.refiner.head.bias.fill_(20.0)  # P_T = 1 everywhere: a full mask unless the head gates it
+    predictor = Predictor(model, vocab, image_size=64)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    _force(model, -20.0)
+    none = predictor.predict(image, "the red circle")
+    assert not none.matched and not none.mask.any() and none.score < 1e-6
+    assert none.summary()["matched"] is False and none.probability.shape == (64, 64)
+    _force(model, 20.0)
+    some = predictor.predict(image, "the red circle")
+    assert some.matched and some.mask.all() and some.score == pytest.approx(1.0)
+    assert some.summary()["matched"] is True
+
+
+def test_training_with_the_head_on_shapesref_g(root, tmp_path):
+    base = get_preset("tiny")
+    cfg = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, match_head=True),
+        data=dataclasses.replace(base.data, dataset="shapesref-g", root=str(root)),
+        train=dataclasses.replace(base.train, iters=4, log_every=1, eval_every=0, eval_samples=8))
+    torch.manual_seed(base.train.seed)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["N-acc"] is not None and "gIoU" in result and result["n_no_target"] > 0
+    trained = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    fresh = build_model(cfg.model, len(build_vocab(root, "shapesref-g", "train")), load_backbone_weights=False)
+    moved = (trained["match.linear.bias"] - fresh.match.linear.bias.detach()).abs().item()
+    assert moved > 1e-6  # the head's own loss reached it (Adam moves a bias by about lr per step)
