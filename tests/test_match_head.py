@@ -142,3 +142,29 @@ def test_training_with_the_head_on_shapesref_g(root, tmp_path):
     fresh = build_model(cfg.model, len(build_vocab(root, "shapesref-g", "train")), load_backbone_weights=False)
     moved = (trained["match.linear.bias"] - fresh.match.linear.bias.detach()).abs().item()
     assert moved > 1e-6  # the head's own loss reached it (Adam moves a bias by about lr per step)
+
+
+def test_cli_and_batch_say_when_nothing_matches(root, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from step_ris import cli
+    from step_ris.batch import predict_jsonl
+
+    vocab = build_vocab(root, "shapesref-g", "train")
+    model = tiny_model(len(vocab))
+    _force(model, -20.0)
+    cfg = dataclasses.replace(get_preset("tiny"), model=dataclasses.replace(get_preset("tiny").model, match_head=True))
+    folder = Predictor(model, vocab, image_size=64).save_pretrained(tmp_path / "model", config=cfg)
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(image)
+    assert cli.main(["predict", str(image), "the red circle", "--model", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["matched"] is False
+    assert "nothing in scene.png matches 'the red circle'" in err
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"image": "scene.png", "expression": "the red circle"}) + "\n")
+    predict_jsonl(Predictor.from_pretrained(folder), pairs, tmp_path / "masks")
+    record = json.loads((tmp_path / "masks" / "results.jsonl").read_text().splitlines()[0])
+    assert record["matched"] is False and record["score"] < 1e-6
