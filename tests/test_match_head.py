@@ -104,6 +104,10 @@ def test_evaluate_reports_gres_and_the_head_empties_predictions(root):
     assert result["gIoU"] == pytest.approx(empty["gIoU"])
     assert result["n_no_target"] > 0 and set(result["by_target_count"]) == {"0", "1", "2+"}
     assert result["oIoU"] == 0.0
+    from step_ris.engine.evaluate import format_results
+
+    table = format_results(result)
+    assert "GRES (" in table and "always empty" in table and "N-acc" in table
     _force(model, 20.0)  # always matches: the masks are the model's own
     matched = evaluate(model, val, batch_size=4, progress=False)
     model.match = None  # the same network without the gate

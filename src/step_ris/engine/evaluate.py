@@ -387,6 +387,14 @@ def format_results(result: dict[str, Any]) -> str:
              f"{'':16s}" + "".join(f"{c:>10s}" for c in cols)]
     for name, r in rows:
         lines.append(f"{name:16s}" + "".join(f"{r[c]:10.3f}" for c in cols))
+    if result.get("n_no_target"):  # generalized data: the GRES metrics (engine/gres.py)
+        lines.append("")
+        lines.append(f"GRES ({result['n_no_target']} no-target, {result['n_target']} target expressions)")
+        gres_cols = ["gIoU", "cIoU", "N-acc", "T-acc"]
+        lines.append(f"{'':16s}" + "".join(f"{c:>10s}" for c in gres_cols))
+        for name, r in [("model", result), *result.get("gres_references", {}).items()]:
+            lines.append(f"{name:16s}" + "".join(f"{r[c]:10.3f}" if r[c] is not None else f"{'-':>10s}"
+                                                  for c in gres_cols))
     families = sorted(result.get("by_family", {}))
     if families:
         lines.append("")
