@@ -4,7 +4,8 @@
         --out docs/diagnosis.png
 
 Rows: share of dead cells (Q_t = 0), mean cosine <phi, psi> with its spread, gradient norms
-(W_v, W_s, ConvRNN input, biLSTM). One column per run; one line per step t (per level F_t).
+(W_v, W_s, ConvRNN input, biLSTM) and, when the run logged them, the norms of those weights
+(what Adam's coupled weight decay shrinks). One column per run; one line per step t (per level F_t).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main() -> None:
         label, _, folder = item.partition("=")
         rows = [json.loads(x) for x in (Path(folder) / "diagnostics.jsonl").read_text().splitlines() if x.strip()]
         runs.append((label, rows))
-    fig, axes = plt.subplots(3, len(runs), figsize=(4.2 * len(runs), 9), squeeze=False, sharex="col")
+    n_rows = 4 if any("norm_W_v" in rows[0] for _, rows in runs) else 3
+    fig, axes = plt.subplots(n_rows, len(runs), figsize=(4.2 * len(runs), 3 * n_rows), squeeze=False, sharex="col")
     for col, (label, rows) in enumerate(runs):
         steps = [r["step"] for r in rows]
         t_max = max(int(k.split("_")[-1]) for k in rows[0] if k.startswith("dead_"))
@@ -43,14 +45,20 @@ def main() -> None:
         for key in ("grad_W_v", "grad_W_s", "grad_rnn_input", "grad_bilstm"):
             if key in rows[0]:
                 axes[2, col].semilogy(steps, [max(r[key], 1e-8) for r in rows], label=key[5:])
+        if n_rows == 4:
+            for key in ("norm_W_v", "norm_W_s", "norm_rnn_input", "norm_bilstm"):
+                if key in rows[0]:
+                    axes[3, col].plot(steps, [r[key] for r in rows], label=key[5:])
+            axes[3, col].set_ylabel("weight norm")
+            axes[3, col].legend(fontsize=7)
         axes[0, col].set_title(label)
         axes[0, col].set_ylabel("share of cells with Q_t = 0")
         axes[0, col].set_ylim(-0.02, 1.02)
         axes[1, col].set_ylabel("cosine <phi, psi> (mean +- sd)")
         axes[1, col].set_ylim(-1, 1)
         axes[2, col].set_ylabel("gradient norm")
-        axes[2, col].set_xlabel("training step (batch 16)" if col == 0 else "training step")
-        for row in range(3):
+        axes[n_rows - 1, col].set_xlabel("training step (batch 16)" if col == 0 else "training step")
+        for row in range(n_rows):
             axes[row, col].grid(alpha=0.3)
         axes[0, col].legend(fontsize=7)
         axes[2, col].legend(fontsize=7)
