@@ -142,6 +142,10 @@ def test_training_with_the_head_on_shapesref_g(root, tmp_path):
     torch.manual_seed(base.train.seed)
     result = train(cfg, tmp_path / "run", progress=False)
     assert result["N-acc"] is not None and "gIoU" in result and result["n_no_target"] > 0
+    import json
+
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["N-acc"] == result["N-acc"] and set(record["gIoU_by_target_count"]) == {"0", "1", "2+"}
     trained = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
     fresh = build_model(cfg.model, len(build_vocab(root, "shapesref-g", "train")), load_backbone_weights=False)
     moved = (trained["match.linear.bias"] - fresh.match.linear.bias.detach()).abs().item()

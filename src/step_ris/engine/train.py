@@ -351,6 +351,9 @@ def evaluate_and_log(run: Run, progress: bool) -> dict[str, Any]:
               "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
     if "references" in result:
         record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
+    if result.get("n_no_target"):  # generalized data: the GRES metrics too (engine/gres.py)
+        record.update({k: result[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc")})
+        record["gIoU_by_target_count"] = {k: r["gIoU"] for k, r in result["by_target_count"].items()}
     run.history.append(record)
     with open(run.out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
