@@ -24,3 +24,21 @@ def test_config_holds_only_its_differences(path):
 
 def test_there_are_configs():
     assert len(CONFIGS) >= 7
+
+
+def test_shapes_paper_keeps_every_paper_switch():
+    """shapes-paper differs from paper-1fold in scale and in Dice beside BCE (docs/recipes.md), nothing else."""
+    import dataclasses
+
+    paper, small = get_preset("paper-1fold"), get_preset("shapes-paper")
+    scale = {"backbone", "backbone_weights", "freeze_backbone", "image_size", "lstm_hidden", "attention_dim",
+             "embed_dim", "filters", "word_vectors", "word_dim"}
+    model_diff = {f.name for f in dataclasses.fields(paper.model)
+                  if getattr(paper.model, f.name) != getattr(small.model, f.name)}
+    assert model_diff <= scale
+    for key in ("embed_norm", "q_scale", "q_leak", "q_norm", "cell", "folds", "match_head", "embed_init"):
+        assert getattr(small.model, key) == getattr(paper.model, key)
+    t, p = small.train, paper.train
+    assert (t.lr, t.weight_decay, t.optimizer, t.poly_power, t.loss_all_steps) == \
+        (p.lr, p.weight_decay, p.optimizer, p.poly_power, p.loss_all_steps)
+    assert t.dice_weight == 1.0 and p.dice_weight == 0.0
