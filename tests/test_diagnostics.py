@@ -46,7 +46,7 @@ def _decay_after(optimizer_name: str, steps: int = 200) -> float:
         opt.zero_grad()
         (0.0 * w).sum().backward()  # no loss gradient: only the weight decay acts
         opt.step()
-    return float(w.abs())
+    return float(w.detach().abs())
 
 
 def test_coupled_l2_shrinks_a_weakly_driven_weight_by_lr_per_step():
