@@ -66,6 +66,8 @@ def test_head_reads_only_valid_cells():
     assert torch.allclose(z[0, 4:8], hidden[0, :, :3, :4].amax(dim=(1, 2)))
     assert torch.allclose(z[0, 8], logits[0, 0, :3, :4].max())
     assert torch.allclose(z[0, 10], qs[0][0, 0, :3, :4].max())
+    with pytest.raises(ValueError, match="ConvRNN output"):
+        head(None, logits, qs, valid)
 
 
 def test_head_uses_the_final_convrnn_output():

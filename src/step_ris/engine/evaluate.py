@@ -291,7 +291,7 @@ class _Scorer:
         self.counts: dict[int, tuple[int, int, str]] = {}  # position -> (intersection, union, family)
         self.ref_counts: dict[int, dict[str, tuple[int, int]]] = {}
         self.gres: dict[int, tuple[int, int, int, int, str]] = {}  # position -> (I, U, pred area, targets, family)
-        self.gres_refs: dict[int, tuple[np.ndarray, list[np.ndarray], str, int]] = {}
+        self.gres_refs: dict[int, tuple[tuple[int, int, int], ...]] = {}  # (I, U, pred area) per GRES reference
 
     def score(self, position: int, index: int, prob: torch.Tensor, valid_hw: torch.Tensor, family: str) -> None:
         """Score sample ``index`` from its letterboxed probabilities ``prob`` (S, S)."""
