@@ -87,6 +87,17 @@ def test_match_loss_is_bce_against_having_a_target():
     assert torch.allclose(match_loss(logits, counts), expected)
 
 
+def test_balanced_match_loss_gives_each_kind_half():
+    logits = torch.tensor([2.0, -1.0, 0.5, 0.0])
+    counts = torch.tensor([0, 1, 3, 2])  # one no-target expression, three with targets
+    each = F.binary_cross_entropy_with_logits(logits, torch.tensor([0.0, 1.0, 1.0, 1.0]), reduction="none")
+    expected = 0.5 * each[0] + 0.5 * each[1:].mean()
+    assert torch.allclose(match_loss(logits, counts, balanced=True), expected)
+    assert not torch.allclose(match_loss(logits, counts, balanced=True), match_loss(logits, counts))
+    one_kind = torch.tensor([1, 2, 1, 1])  # nothing to balance: the plain mean
+    assert torch.allclose(match_loss(logits, one_kind, balanced=True), match_loss(logits, one_kind))
+
+
 def _force(model, bias: float):
     with torch.no_grad():
         model.match.linear.weight.zero_()
@@ -135,14 +146,21 @@ def test_prediction_matched_score_and_summary(root):
     assert some.summary()["matched"] is True
 
 
-def test_training_with_the_head_on_shapesref_g(root, tmp_path):
+@pytest.mark.parametrize("balance", [False, True])
+def test_training_with_the_head_on_shapesref_g(root, tmp_path, monkeypatch, balance):
     base = get_preset("tiny")
     cfg = dataclasses.replace(
         base, model=dataclasses.replace(base.model, match_head=True),
         data=dataclasses.replace(base.data, dataset="shapesref-g", root=str(root)),
-        train=dataclasses.replace(base.train, iters=4, log_every=1, eval_every=0, eval_samples=8))
+        train=dataclasses.replace(base.train, iters=4, log_every=1, eval_every=0, eval_samples=8,
+                                  match_balance=balance))
+    import step_ris.engine.train as trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "match_loss", lambda *a, **k: seen.append(k["balanced"]) or match_loss(*a, **k))
     torch.manual_seed(base.train.seed)
     result = train(cfg, tmp_path / "run", progress=False)
+    assert seen == [balance] * 4  # train.match_balance reaches the head's loss on every step
     assert result["N-acc"] is not None and "gIoU" in result and result["n_no_target"] > 0
     import json
 

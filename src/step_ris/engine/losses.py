@@ -44,10 +44,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, step_logits
     return total, parts
 
 
-def match_loss(match_logits: torch.Tensor, target_count: torch.Tensor) -> torch.Tensor:
+def match_loss(match_logits: torch.Tensor, target_count: torch.Tensor, *, balanced: bool = False) -> torch.Tensor:
     """BCE of the no-target decision (model/match_head.py) against "the expression has a target".
 
     match_logits: (B,); target_count: (B,) int, the number of objects each expression means.
+    balanced: give the no-target and the target expressions of the batch half the loss each (a
+    batch holding only one kind falls back to the plain mean), so a minority of no-target
+    expressions cannot be ignored by a head that sits at the prior.
     """
     has_target = (target_count > 0).to(torch.float32).to(match_logits.device)
-    return F.binary_cross_entropy_with_logits(match_logits.float(), has_target)
+    per_sample = F.binary_cross_entropy_with_logits(match_logits.float(), has_target, reduction="none")
+    positives = int(has_target.sum())
+    if not balanced or positives in (0, len(has_target)):
+        return per_sample.mean()
+    weights = torch.where(has_target > 0, 0.5 / positives, 0.5 / (len(has_target) - positives))
+    return (per_sample * weights).sum()

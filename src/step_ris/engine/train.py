@@ -319,7 +319,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
                                     step_logits=result.step_logits if t.loss_all_steps else None,
                                     dice_weight=t.dice_weight)
     if result.match_logits is not None:  # the no-target decision (model.match_head), its own BCE
-        matched = match_loss(result.match_logits, batch["target_count"])
+        matched = match_loss(result.match_logits, batch["target_count"], balanced=t.match_balance)
         loss = loss + t.match_weight * matched
         parts["match"] = float(matched.detach())
         parts["loss"] = float(loss.detach())
