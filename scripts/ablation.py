@@ -2,6 +2,7 @@
 
     python scripts/ablation.py --base shapes-paper --expressions 60000 --seeds 0 1 2 --out runs/ablation
     python scripts/ablation.py ... --rows ours-1fold no-ltr      # a subset of rows
+    python scripts/ablation.py ... --shard 0/2 & python scripts/ablation.py ... --shard 1/2   # two processes
     python scripts/ablation.py ... --report docs/ablation-table.md   # only tabulate what has finished
 
 Every (row, seed) is one ``step-ris train`` run in ``OUT/ROW/seed-S`` with the same budget in
@@ -37,6 +38,8 @@ ROWS: dict[str, list[str]] = {
     "2-fold-gru": ["model.cell=convgru", "model.folds=2"],
     "3-fold-gru": ["model.cell=convgru", "model.folds=3"],
 }
+# Table 2's 1-fold row is Table 1's ConvGRU row (the paper reports 55.97 for both): one set of runs.
+SAME_AS = {"1-fold-gru": "convgru"}
 # The paper's UNC val numbers (oIoU), Table 1 and Table 2.
 PAPER = {"ours-1fold": 56.68, "no-glove-bilstm": 55.11, "no-ltr": 54.40, "convgru": 55.97, "1x1-conv": 48.71,
          "concat-conv": 48.08, "ini-ltr-uniform": 56.74, "reverse-step": 57.01, "1-fold-gru": 55.97,
@@ -44,7 +47,7 @@ PAPER = {"ours-1fold": 56.68, "no-glove-bilstm": 55.11, "no-ltr": 54.40, "convgr
 
 
 def run_folder(out: Path, row: str, seed: int) -> Path:
-    return out / row / f"seed-{seed}"
+    return out / SAME_AS.get(row, row) / f"seed-{seed}"
 
 
 def config_for(base: str, row: str, seed: int, expressions: int, extra: list[str]):
@@ -86,6 +89,17 @@ def report(out: Path, rows: list[str], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """"I/N" -> (I, N), with 0 <= I < N."""
+    try:
+        shard, shards = (int(x) for x in text.split("/"))
+    except ValueError:
+        shard, shards = -1, 0
+    if not 0 <= shard < shards:
+        raise SystemExit(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/2 and 1/2 for two processes")
+    return shard, shards
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="shapes-paper", help="preset or config file of the base recipe")
@@ -95,20 +109,25 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every run (e.g. train.threads=1)")
+    ap.add_argument("--shard", default="0/1", metavar="I/N",
+                    help="run only every N-th (row, seed), starting at the I-th: two processes with 0/2 and "
+                         "1/2 share a 2-core machine (each with train.threads=1)")
     ap.add_argument("--report", help="write the markdown table here (and print it); runs nothing")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
+    shard, shards = parse_shard(args.shard)
     if args.report is None:
-        for row in args.rows:
-            for seed in args.seeds:
-                cfg = config_for(args.base, row, seed, args.expressions, args.overrides)
-                folder = run_folder(out, row, seed)
-                now = state(folder, cfg.train.iters)
-                print(f"{row} seed {seed}: {now}", flush=True)
-                if now == "done":
-                    continue
-                train(cfg, folder, resume=now == "partial", progress=not args.quiet)
+        # Seed by seed, so a sweep cut short has whole tables for its first seeds; each config once.
+        runs = [(row, seed) for seed in args.seeds for row in dict.fromkeys(SAME_AS.get(r, r) for r in args.rows)]
+        for row, seed in runs[shard::shards]:
+            cfg = config_for(args.base, row, seed, args.expressions, args.overrides)
+            folder = run_folder(out, row, seed)
+            now = state(folder, cfg.train.iters)
+            print(f"{row} seed {seed}: {now}", flush=True)
+            if now == "done":
+                continue
+            train(cfg, folder, resume=now == "partial", progress=not args.quiet)
     table = report(out, args.rows, args.seeds)
     if args.report:
         Path(args.report).write_text(table)

@@ -48,3 +48,25 @@ def test_sweep_skips_done_resumes_partial_and_reports(tmp_path, monkeypatch):
     assert [c[0].name for c in calls] == ["seed-0"] and calls[0][1]["resume"] is False
     table = ablation.report(out, ["ours-1fold", "no-ltr"], [0, 1])
     assert "| no-ltr | 2 |" in table and "+-" in table
+
+
+def test_table2_one_fold_row_shares_the_convgru_runs(tmp_path):
+    assert ablation.ROWS["1-fold-gru"] != [] and ablation.config_for("shapes-paper", "1-fold-gru", 0, 160, []) \
+        == ablation.config_for("shapes-paper", "convgru", 0, 160, [])
+    assert ablation.run_folder(tmp_path, "1-fold-gru", 2) == ablation.run_folder(tmp_path, "convgru", 2)
+
+
+def test_shards_split_the_runs_seed_by_seed(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ablation, "train", lambda cfg, folder, **kw: calls.append((folder.parent.name, cfg.train.seed)))
+    monkeypatch.setattr(ablation, "report", lambda *a: "")
+    base = ["ablation.py", "--base", "tiny", "--expressions", "8", "--seeds", "0", "1", "--out", str(tmp_path),
+            "--rows", "ours-1fold", "convgru", "1-fold-gru", "no-ltr", "--quiet"]
+    for shard in ("0/2", "1/2"):
+        monkeypatch.setattr(sys, "argv", [*base, "--shard", shard])
+        ablation.main()
+    assert calls == [("ours-1fold", 0), ("no-ltr", 0), ("convgru", 1),  # shard 0/2
+                     ("convgru", 0), ("ours-1fold", 1), ("no-ltr", 1)]  # shard 1/2; 1-fold-gru is convgru
+    monkeypatch.setattr(sys, "argv", [*base, "--shard", "2/2"])
+    with pytest.raises(SystemExit, match="0 <= I < N"):
+        ablation.main()
