@@ -2,10 +2,14 @@
 
     python scripts/ship_model.py --run runs/shapes-cpu --root data/shapesref-cpu \
         --out src/step_ris/assets/shapes-cpu --limit 1000
+    python scripts/ship_model.py --run runs/ship/G2-match --root data/shapesref-g-cpu \
+        --also shapesref=data/shapesref-cpu --out src/step_ris/assets/shapes-cpu --limit 1000
 
 Evaluates the run's last.pt on val, testA and testB of ShapesRef (a seeded subset of --limit
 expressions each; 0 = all), then writes model.safetensors, config.json, vocab.json and
 scores.json (the measured metrics, the training step and minutes) with `export_pretrained`.
+``--also DATASET=ROOT`` scores the same splits of another set too (under ``scores["also"]``), e.g.
+the single-target ShapesRef for a model trained on ShapesRef-g.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--also", action="append", default=[], metavar="DATASET=ROOT",
+                   help="score val/testA/testB of this set too (repeatable)")
     args = p.parse_args()
+    also = []
+    for item in args.also:
+        dataset, sep, root = item.partition("=")
+        if not sep or not dataset or not root:
+            p.error(f"--also {item!r}: expected DATASET=ROOT, e.g. shapesref=data/shapesref-cpu")
+        also.append((dataset, root))
     if args.threads:
         torch.set_num_threads(args.threads)
     snapshot = Path(args.run) / "shipped.pt"
@@ -42,12 +54,18 @@ def main() -> None:
               "train_minutes": round(ckpt["train_seconds"] / 60, 1),
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
               "limit": args.limit, "splits": {}}
-    for split in ("val", "testA", "testB"):
-        ds = ReferDataset(args.root, cfg.data.dataset, split, vocab, cfg.model.image_size,
-                          max_words=cfg.model.max_words)
-        result = evaluate(model, ds, limit=args.limit, progress=False)
-        print(format_results(result))
-        scores["splits"][split] = result
+
+    def score(dataset: str, root: str) -> dict:
+        results = {}
+        for split in ("val", "testA", "testB"):
+            ds = ReferDataset(root, dataset, split, vocab, cfg.model.image_size, max_words=cfg.model.max_words)
+            results[split] = evaluate(model, ds, limit=args.limit, progress=False)
+            print(f"{dataset} {split}: {format_results(results[split])}")
+        return results
+
+    scores["splits"] = score(cfg.data.dataset, args.root)
+    if also:
+        scores["also"] = {dataset: score(dataset, root) for dataset, root in also}
     export_pretrained(snapshot, args.out, scores, overwrite=True)
     print(json.dumps({k: v for k, v in scores.items() if k != "splits"}, indent=2))
 

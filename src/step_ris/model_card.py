@@ -10,9 +10,16 @@ from .text import Vocabulary
 _METRICS = ("oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9")
 
 
+_GRES_METRICS = ("gIoU", "N-acc", "T-acc")  # generalized sets only (engine/gres.py)
+
+
 def _score_rows(scores: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(scores.get("splits"), dict):
-        return [(str(k), v) for k, v in scores["splits"].items() if isinstance(v, dict)]
+        rows = [(str(k), v) for k, v in scores["splits"].items() if isinstance(v, dict)]
+        for dataset, splits in (scores.get("also") or {}).items():  # other sets (scripts/ship_model.py --also)
+            if isinstance(splits, dict):
+                rows += [(f"{dataset}:{k}", v) for k, v in splits.items() if isinstance(v, dict)]
+        return rows
     if any(k in scores for k in _METRICS):
         return [(str(scores.get("split", "")), scores)]
     return []
@@ -74,9 +81,10 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
     lines += ["", "## Scores", ""]
     rows = _score_rows(scores)
     if rows:
-        lines += ["| split | n | " + " | ".join(_METRICS) + " |", "|---|---|" + "---|" * len(_METRICS)]
+        metrics = _METRICS + tuple(k for k in _GRES_METRICS if any(k in r for _, r in rows))
+        lines += ["| split | n | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
         for split, r in rows:
-            cells = [f"{r[k]:.3f}" if isinstance(r.get(k), (int, float)) else "-" for k in _METRICS]
+            cells = [f"{r[k]:.3f}" if isinstance(r.get(k), (int, float)) else "-" for k in metrics]
             lines.append(f"| {split or '-'} | {r.get('n', '-')} | " + " | ".join(cells) + " |")
         limit = scores.get("limit") or next((r.get("limit") for _, r in rows if r.get("limit")), 0)
         command = scores.get("command")
@@ -85,7 +93,8 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
             command = (f"step-ris eval --checkpoint MODEL_FOLDER --dataset {dataset} --root {d.root} "
                        f"--split {split_arg}" + (f" --limit {limit}" if limit else "") + " --json scores.json")
         lines += ["", "oIoU is the overall IoU (the paper's 'mIoU'), mIoU the mean per-expression IoU, prec@X the "
-                  "fraction of expressions with IoU > X." + (f" Each split: a seeded subset of {limit} expressions."
+                  "fraction of expressions with IoU > X; on a generalized set gIoU, N-acc and T-acc are the "
+                  "GRES metrics (docs/model.md)." + (f" Each split: a seeded subset of {limit} expressions."
                                                              if limit else ""),
                   "", f"Produced by (per split): `{command}`", "", "All numbers are in `scores.json`."]
     else:
