@@ -98,7 +98,8 @@ def test_model_card(tiny, tmp_path):
     generalized = {"dataset": "shapesref-g", "limit": 1000,
                    "splits": {"val": {"oIoU": 0.6, "mIoU": 0.6, "gIoU": 0.71, "N-acc": 0.85, "T-acc": 0.97, "n": 1000}},
                    "also": {"shapesref": {"val": {"oIoU": 0.62, "mIoU": 0.7, "n": 1000}}}}
-    card_g = (save_pretrained(load_pretrained(tiny["model"]), tmp_path / "g", scores=generalized) / "README.md").read_text()
+    folder_g = save_pretrained(load_pretrained(tiny["model"]), tmp_path / "g", scores=generalized)
+    card_g = (folder_g / "README.md").read_text()
     assert "| split | n | oIoU | mIoU | prec@0.5 | prec@0.7 | prec@0.9 | gIoU | N-acc | T-acc |" in card_g
     assert "| val | 1000 | 0.600 | 0.600 | - | - | - | 0.710 | 0.850 | 0.970 |" in card_g
     assert "| shapesref:val | 1000 | 0.620 | 0.700 | - | - | - | - | - | - |" in card_g
