@@ -51,10 +51,10 @@ def run_folder(out: Path, row: str, seed: int) -> Path:
 
 
 def config_for(base: str, row: str, seed: int, expressions: int, extra: list[str]):
-    cfg = get_preset(base)
+    # The extra overrides first: one of them may change the batch size the budget is divided by.
+    cfg = apply_overrides(get_preset(base), [*extra, *ROWS[row], f"train.seed={seed}"])
     iters = max(1, expressions // cfg.train.batch_size)
-    return apply_overrides(cfg, [*ROWS[row], f"train.seed={seed}", f"train.iters={iters}",
-                                 f"train.eval_every={max(1, iters // 6)}", *extra])
+    return apply_overrides(cfg, [f"train.iters={iters}", f"train.eval_every={max(1, iters // 6)}"])
 
 
 def state(folder: Path, iters: int) -> str:

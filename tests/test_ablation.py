@@ -19,7 +19,10 @@ spec.loader.exec_module(ablation)
 @pytest.mark.parametrize("row", sorted(ablation.ROWS))
 def test_every_row_is_a_valid_variant_of_the_base(row):
     cfg = ablation.config_for("shapes-paper", row, seed=1, expressions=160, extra=[])
-    assert cfg.train.seed == 1 and cfg.train.iters == 10 and cfg.train.eval_seed == 0
+    assert cfg.train.seed == 1 and cfg.train.iters == 160 // cfg.train.batch_size and cfg.train.eval_seed == 0
+    # A --set of the batch size divides the same budget in expressions.
+    cfg8 = ablation.config_for("shapes-paper", row, seed=1, expressions=160, extra=["train.batch_size=8"])
+    assert cfg8.train.batch_size == 8 and cfg8.train.iters == 20
     tiny = ablation.config_for("tiny", row, seed=0, expressions=8, extra=[])
     build_model(tiny.model, 40)  # builds
 
