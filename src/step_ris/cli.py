@@ -91,6 +91,8 @@ def _config_for_run(args):
             overrides.append(f"data.root={args.root}")
     if args.iters is not None:
         overrides.append(f"train.iters={args.iters}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     return apply_overrides(cfg, overrides)
 
 
@@ -189,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data root (data.root)")
     p.add_argument("--out", required=True, help="run folder: config, checkpoints, metrics, TensorBoard logs")
     p.add_argument("--iters", type=int, help="training steps (train.iters)")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune: start from this model's weights and vocabulary (a bundled name such as "
+                        "shapes-cpu, a model folder, a run folder or checkpoint; train.init_from)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--stop-after", type=int, help="save and exit after this many steps (continue with --resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
