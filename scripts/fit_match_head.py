@@ -5,7 +5,8 @@
 
 The segmentation weights stay as they are; only the match head (model/match_head.py) is fitted,
 as a class-balanced logistic regression on the pooled statistics z of --per-class no-target and
---per-class target expressions of the generalized set's --split. OUT becomes a run folder
+--per-class target expressions of the generalized set's --split (--target-acc 0.95 moves the
+threshold so that 95 % of the fit set's target expressions are kept). OUT becomes a run folder
 (last.pt, config.json, vocab.json, match_fit.json) to evaluate, predict with, or ship:
 
     step-ris eval --checkpoint runs/shapes-cpu-match --dataset shapesref-g --root data/shapesref-g-cpu
@@ -36,6 +37,9 @@ def main() -> None:
     p.add_argument("--out", required=True, help="run folder to write (its last.pt must not exist yet)")
     p.add_argument("--per-class", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-acc", type=float, default=None, metavar="SHARE",
+                   help="operating point: keep this share of the fit set's target expressions (e.g. 0.95; "
+                        "default: the balanced fit's own threshold)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
@@ -46,6 +50,8 @@ def main() -> None:
     out = Path(args.out)
     if (out / "last.pt").exists():
         p.error(f"--out {out}: already holds a last.pt; pick a new folder (nothing was changed)")
+    if args.target_acc is not None and not 0 < args.target_acc < 1:
+        p.error(f"--target-acc {args.target_acc}: must be a share between 0 and 1, e.g. 0.95")
     if args.per_class <= 0:
         p.error(f"--per-class {args.per_class}: must be a positive number of expressions")
     try:
@@ -54,7 +60,7 @@ def main() -> None:
         dataset = ReferDataset(args.root, args.dataset, args.split, vocab, cfg.model.image_size,
                                max_words=cfg.model.max_words)
         fitted, report = fit_match_head(ckpt, dataset, per_class=args.per_class, seed=args.seed,
-                                        source=str(source), progress=not args.quiet)
+                                        target_acc=args.target_acc, source=str(source), progress=not args.quiet)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     report["checkpoint"] = str(source)

@@ -15,7 +15,14 @@ from step_ris.data.dataset import ReferDataset, build_vocab
 from step_ris.data.shapesref import generate_shapesref
 from step_ris.engine.checkpoint import FORMAT, atomic_save, load_checkpoint
 from step_ris.engine.evaluate import evaluate
-from step_ris.engine.match_fit import balanced_indices, fit_logistic, fit_match_head, match_features, with_match_head
+from step_ris.engine.match_fit import (
+    balanced_indices,
+    bias_for_target_acc,
+    fit_logistic,
+    fit_match_head,
+    match_features,
+    with_match_head,
+)
 from step_ris.model import build_model
 from step_ris.pretrained import load_pretrained
 
@@ -54,6 +61,14 @@ def test_logistic_fit_separates_and_balances():
         fit_logistic(z, torch.ones(1000))
 
 
+def test_operating_point_keeps_the_asked_share_of_targets():
+    scores = torch.arange(100, dtype=torch.float32)  # w^T z of 100 target expressions
+    b = bias_for_target_acc(scores, 0.95)
+    assert int((scores + b >= 0).sum()) == 95
+    with pytest.raises(ValueError, match="target_acc"):
+        bias_for_target_acc(scores, 1.0)
+
+
 def test_balanced_indices_draw_both_classes(setup):
     ds = setup["train"]
     idx = balanced_indices(ds, per_class=5, seed=0)
@@ -71,6 +86,8 @@ def test_fit_keeps_every_other_weight_and_the_masks(setup):
     new = [k for k in fitted["model"] if k not in ckpt["model"]]
     assert new and all(k.startswith("match.") for k in new)
     assert report["no_target"] == 20 and report["target"] == 20 and report["trained_on"] == "shapesref"
+    kept, report_kept = fit_match_head(ckpt, ds, per_class=20, target_acc=0.9, progress=False)
+    assert report_kept["T-acc (fit set)"] == pytest.approx(0.9) and report_kept["target_acc"] == 0.9
     # The head decides on the features it was fitted on as the report says.
     model, _ = with_match_head(fitted)
     model.load_state_dict(fitted["model"])

@@ -103,12 +103,22 @@ def balanced_indices(dataset: ReferDataset, per_class: int, seed: int = 0) -> li
     return sorted(out)
 
 
+def bias_for_target_acc(scores: torch.Tensor, target_acc: float) -> float:
+    """The bias b that makes ``scores + b >= 0`` for a ``target_acc`` share of ``scores`` (target expressions)."""
+    if not 0.0 < target_acc < 1.0:
+        raise ValueError(f"target_acc must be in (0, 1), got {target_acc}")
+    return -float(torch.quantile(scores.double(), 1.0 - target_acc))
+
+
 def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: int = 2000, seed: int = 0,
-                   source: str = "checkpoint", progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                   target_acc: float | None = None, source: str = "checkpoint",
+                   progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """A copy of checkpoint ``ckpt`` with a match head fitted on ``dataset``, and the fit's report.
 
     ``dataset`` must hold no-target and target expressions (a generalized set's train split);
-    up to ``per_class`` of each are drawn by ``seed``. The copy's config has ``match_head=true``
+    up to ``per_class`` of each are drawn by ``seed``. ``target_acc`` moves the bias to an
+    operating point: that share of the fit set's target expressions is kept (None: the balanced
+    fit's own bias). The copy's config has ``match_head=true``
     and names ``dataset`` as its data (the head was fitted there); its optimiser state is dropped
     (it does not cover the head), so it is a model to use or evaluate, not a run to resume.
     """
@@ -116,12 +126,14 @@ def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: in
     indices = balanced_indices(dataset, per_class, seed)
     z, y = match_features(fitted, dataset, indices, progress=progress)
     w, b = fit_logistic(z, y)
+    if target_acc is not None:
+        b = bias_for_target_acc(z[y == 1] @ w, target_acc)
     with torch.no_grad():
         fitted.match.linear.weight.copy_(w.view(1, -1))
         fitted.match.linear.bias.fill_(b)
     decided = (z @ w + b >= 0).float()
     report = {"fitted_on": f"{dataset.dataset_name}:{dataset.split}", "root": str(dataset.data.root),
-              "trained_on": cfg.data.dataset, "samples": len(indices), "seed": seed,
+              "trained_on": cfg.data.dataset, "samples": len(indices), "seed": seed, "target_acc": target_acc,
               "no_target": int((y == 0).sum()), "target": int((y == 1).sum()),
               "N-acc (fit set)": float((decided[y == 0] == 0).float().mean()),
               "T-acc (fit set)": float((decided[y == 1] == 1).float().mean())}
