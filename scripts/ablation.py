@@ -9,8 +9,10 @@ Every (row, seed) is one ``step-ris train`` run in ``OUT/ROW/seed-S`` with the s
 expressions seen (``train.iters = expressions / batch``); ``train.seed`` changes the
 initialisation and the data order, and every run is scored on the same fixed val expressions
 (``train.eval_seed``). A finished run (its last.pt at train.iters) is skipped, an interrupted one
-resumed, so an interrupted sweep continues where it stopped. The report gives, per row, the mean
-and spread (sample standard deviation) over seeds of the final val oIoU, overall and per family.
+resumed, so an interrupted sweep continues where it stopped. A finished run is scored once more
+on the same val subset with every Prec@X (its final.json). The report gives Table 1 (per row,
+the mean and spread, sample standard deviation, over seeds of the final val oIoU, overall and per
+family) and Table 2 (Prec@0.5..0.9 and oIoU of 1, 2 and 4 folds), each beside the paper's UNC val.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import statistics
 from pathlib import Path
 
 from step_ris.config import apply_overrides, get_preset
-from step_ris.engine.checkpoint import load_checkpoint
+from step_ris.data.dataset import ReferDataset
+from step_ris.engine.checkpoint import atomic_write_text, load_checkpoint
+from step_ris.engine.evaluate import evaluate
 from step_ris.engine.train import train
+from step_ris.pretrained import load_pretrained
 
 # Table 1 (each a change of "Ours (1-fold)") and Table 2 (K folds, ConvGRU as the paper uses for K > 1).
 ROWS: dict[str, list[str]] = {
@@ -36,14 +41,21 @@ ROWS: dict[str, list[str]] = {
     "reverse-step": ["model.reverse=true"],
     "1-fold-gru": ["model.cell=convgru", "model.folds=1"],
     "2-fold-gru": ["model.cell=convgru", "model.folds=2"],
-    "3-fold-gru": ["model.cell=convgru", "model.folds=3"],
+    "4-fold-gru": ["model.cell=convgru", "model.folds=4"],
 }
-# Table 2's 1-fold row is Table 1's ConvGRU row (the paper reports 55.97 for both): one set of runs.
+# The 1-fold ConvGRU of Table 2's fold comparison is Table 1's ConvGRU row: one set of runs.
 SAME_AS = {"1-fold-gru": "convgru"}
-# The paper's UNC val numbers (oIoU), Table 1 and Table 2.
+TABLE1 = ["ours-1fold", "no-glove-bilstm", "no-ltr", "convgru", "1x1-conv", "concat-conv", "ini-ltr-uniform",
+          "reverse-step"]
+TABLE2 = ["ours-1fold", "1-fold-gru", "2-fold-gru", "4-fold-gru"]
+# The paper's UNC val numbers: Table 1 (oIoU, the paper's "mIoU") and Table 2 (Prec@0.5..0.9, oIoU).
+# Table 2's "Ours (1-fold)" is Table 1's "Ours" (ConvLSTM, 56.68); it reports no 1-fold ConvGRU.
 PAPER = {"ours-1fold": 56.68, "no-glove-bilstm": 55.11, "no-ltr": 54.40, "convgru": 55.97, "1x1-conv": 48.71,
          "concat-conv": 48.08, "ini-ltr-uniform": 56.74, "reverse-step": 57.01, "1-fold-gru": 55.97,
-         "2-fold-gru": 57.23, "3-fold-gru": None}
+         "2-fold-gru": 57.23, "4-fold-gru": 59.13}
+PAPER_PREC = {"ours-1fold": (66.03, 55.91, 44.35, 27.65, 7.43), "2-fold-gru": (67.72, 58.70, 47.03, 30.86, 8.13),
+              "4-fold-gru": (70.15, 63.37, 53.15, 36.53, 10.45)}
+PRECS = ["prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9"]
 
 
 def run_folder(out: Path, row: str, seed: int) -> Path:
@@ -64,28 +76,63 @@ def state(folder: Path, iters: int) -> str:
 
 
 def final_record(folder: Path) -> dict | None:
+    """The run's final scores: final.json (written by ``score_final``) or the last line of metrics.jsonl."""
+    if (folder / "final.json").is_file():
+        return json.loads((folder / "final.json").read_text())
     lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
     return json.loads(lines[-1]) if lines else None
 
 
+def score_final(folder: Path, progress: bool = False) -> dict:
+    """Score a finished run once on its fixed val subset with every Prec@X (Table 2): final.json."""
+    if (folder / "final.json").is_file():
+        return json.loads((folder / "final.json").read_text())
+    loaded = load_pretrained(folder)
+    cfg = loaded.config
+    val = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.val_split, loaded.vocab, cfg.model.image_size,
+                       max_words=cfg.model.max_words)
+    result = evaluate(loaded.model, val, seed=cfg.train.eval_seed, limit=cfg.train.eval_samples, progress=progress)
+    record = {"step": loaded.step, **{k: result[k] for k in ("oIoU", "mIoU", *PRECS, "n")},
+              "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
+    atomic_write_text(folder / "final.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
 def report(out: Path, rows: list[str], seeds: list[int]) -> str:
-    lines = ["| row | seeds done | val oIoU (mean +- sd) | " + " | ".join(
-        ["attribute", "location", "comparative", "ordinal", "relational"]) + " | paper (UNC val) |",
+    """Table 1 (oIoU and per family) and Table 2 (Prec@X and oIoU) of the rows asked for."""
+    fams = ["attribute", "location", "comparative", "ordinal", "relational"]
+    lines = ["Table 1: val oIoU (mean +- sd over seeds)", "",
+             "| row | seeds done | val oIoU | " + " | ".join(fams) + " | paper (UNC val) |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        recs = [r for s in seeds if (r := final_record(run_folder(out, row, s))) is not None]
+    recs_of = {row: [r for s in seeds if (r := final_record(run_folder(out, row, s))) is not None] for row in rows}
+    for row in [r for r in TABLE1 if r in rows] + [r for r in rows if r not in TABLE1 + TABLE2]:
+        recs = recs_of[row]
         if not recs:
             lines.append(f"| {row} | 0 | | | | | | | {PAPER.get(row) or '-'} |")
             continue
-
-        def cell(values):
-            if len(values) == 1:
-                return f"{values[0]:.3f}"
-            return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
-        fams = ["attribute", "location", "comparative", "ordinal", "relational"]
-        fam_cells = [cell([r["by_family"].get(f, 0.0) for r in recs]) for f in fams]
-        lines.append(f"| {row} | {len(recs)} | {cell([r['oIoU'] for r in recs])} | " + " | ".join(fam_cells)
+        fam_cells = [_cell([r["by_family"].get(f, 0.0) for r in recs]) for f in fams]
+        lines.append(f"| {row} | {len(recs)} | {_cell([r['oIoU'] for r in recs])} | " + " | ".join(fam_cells)
                      + f" | {PAPER.get(row) or '-'} |")
+    table2 = [r for r in TABLE2 if r in rows]
+    if table2:
+        lines += ["", "Table 2: Prec@X and oIoU on val (mean over seeds; paper: UNC val, Prec@0.5..0.9 / oIoU)", "",
+                  "| row | seeds done | " + " | ".join(PRECS) + " | oIoU | paper |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in table2:
+            recs = [r for r in recs_of[row] if all(k in r for k in PRECS)]
+            paper = PAPER_PREC.get(row)
+            paper_cell = " / ".join(f"{v:.2f}" for v in paper) + f" / {PAPER[row]:.2f}" if paper else "-"
+            if not recs:
+                lines.append(f"| {row} | 0 | | | | | | | {paper_cell} |")
+                continue
+            cells = [f"{statistics.mean(r[k] for r in recs):.3f}" for k in (*PRECS, "oIoU")]
+            lines.append(f"| {row} | {len(recs)} | " + " | ".join(cells) + f" | {paper_cell} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +159,8 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", metavar="I/N",
                     help="run only every N-th (row, seed), starting at the I-th: two processes with 0/2 and "
                          "1/2 share a 2-core machine (each with train.threads=1)")
-    ap.add_argument("--report", help="write the markdown table here (and print it); runs nothing")
+    ap.add_argument("--report", help="write the markdown tables here (and print them); trains nothing (finished "
+                    "runs are scored once, into their final.json)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)
@@ -128,9 +176,14 @@ def main() -> None:
             if now == "done":
                 continue
             train(cfg, folder, resume=now == "partial", progress=not args.quiet)
+    for row in dict.fromkeys(SAME_AS.get(r, r) for r in args.rows):  # finished runs lacking final.json
+        for seed in args.seeds:
+            folder = run_folder(out, row, seed)
+            if state(folder, config_for(args.base, row, seed, args.expressions, args.overrides).train.iters) == "done":
+                score_final(folder, progress=not args.quiet)
     table = report(out, args.rows, args.seeds)
     if args.report:
-        Path(args.report).write_text(table)
+        atomic_write_text(args.report, table)
     print(table)
 
 

@@ -1,6 +1,7 @@
 """scripts/ablation.py: every row builds, finished runs are skipped, interrupted ones resumed, the report tabulates."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def test_sweep_skips_done_resumes_partial_and_reports(tmp_path, monkeypatch):
     assert [c[0].name for c in calls] == ["seed-0"] and calls[0][1]["resume"] is False
     table = ablation.report(out, ["ours-1fold", "no-ltr"], [0, 1])
     assert "| no-ltr | 2 |" in table and "+-" in table
+    # Every finished run was scored once more with all of Table 2's Prec@X.
+    final = json.loads((out / "no-ltr" / "seed-1" / "final.json").read_text())
+    assert set(ablation.PRECS) <= set(final) and final["step"] == 4 and final["n"] > 0
+    assert "Table 2" in table and "| ours-1fold | 2 | " in table.split("Table 2")[1]
+    assert "66.03 / 55.91 / 44.35 / 27.65 / 7.43 / 56.68" in table  # the paper's Table 2 row beside it
+
+
+def test_table2_rows_are_the_papers_folds():
+    assert [ablation.get_preset("shapes-paper").model.folds] == [1]
+    assert {r: dict(o.split("=") for o in ablation.ROWS[r])["model.folds"] for r in ablation.TABLE2[1:]} == \
+        {"1-fold-gru": "1", "2-fold-gru": "2", "4-fold-gru": "4"}
+    assert ablation.PAPER["4-fold-gru"] == 59.13 and ablation.PAPER["2-fold-gru"] == 57.23
+    assert set(ablation.TABLE1 + ablation.TABLE2) == set(ablation.ROWS)
 
 
 def test_table2_one_fold_row_shares_the_convgru_runs(tmp_path):

@@ -412,7 +412,8 @@ def evaluate_and_log(run: Run, progress: bool) -> dict[str, Any]:
                       workers=run.cfg.data.workers if run.val_cache is None else 0, limit=t.eval_samples,
                       cache=run.val_cache, precision=run.precision, progress=progress, references=not run.history)
     record = {"step": run.step, "train_minutes": run.train_seconds / 60, "samples": run.expressions_seen,
-              **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "n")},
+              **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9",
+                                        "n")},
               "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
     if "references" in result:
         record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
