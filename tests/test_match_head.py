@@ -196,3 +196,18 @@ def test_cli_and_batch_say_when_nothing_matches(root, tmp_path, capsys):
     predict_jsonl(Predictor.from_pretrained(folder), pairs, tmp_path / "masks")
     record = json.loads((tmp_path / "masks" / "results.jsonl").read_text().splitlines()[0])
     assert record["matched"] is False and record["score"] < 1e-6
+
+
+def test_rethresholding_keeps_the_no_target_decision():
+    """A new mask threshold (the demo's slider) must not bring back a mask the decision emptied."""
+    from step_ris.predictor import Prediction, decide_mask
+
+    prob = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    empty = Prediction(expression="x", words=["x"], mask=decide_mask(prob, 0.5, 0.2), probability=prob,
+                       steps=np.zeros((5, 4, 4)), attention=np.zeros((5, 1)), similarity=np.zeros((5, 1)),
+                       match_probability=0.2)
+    assert not empty.matched and not empty.with_threshold(0.1).matched
+    kept = dataclasses.replace(empty, match_probability=0.9, mask=decide_mask(prob, 0.5, 0.9))
+    assert kept.mask.sum() == 8 and kept.with_threshold(0.1).mask.sum() == int((prob >= 0.1).sum())
+    assert kept.with_threshold(0.1).threshold == 0.1
+    assert decide_mask(prob, 0.5, None).sum() == 8  # no decision: the threshold alone

@@ -203,8 +203,7 @@ class DemoApp:
                                                 expression)
         latency_ms = (time.perf_counter() - start) * 1000.0
         if threshold != prediction.threshold:
-            prediction = dataclasses.replace(prediction, mask=prediction.probability >= threshold,
-                                             threshold=threshold)
+            prediction = prediction.with_threshold(threshold)
         return Segmented(prediction, cached.rgb, latency_ms, 0.0 if reused else cached.encode_ms,
                          reused and cached.encoded is not None)
 

@@ -22,7 +22,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -40,6 +40,14 @@ from .text import UNK_ID, Vocabulary, tokenize
 log = logging.getLogger(__name__)
 
 THRESHOLD = MASK_THRESHOLD  # the paper's (and the evaluator's) threshold on P (constants.py)
+
+
+def decide_mask(probability: np.ndarray, threshold: float, match_probability: float | None) -> np.ndarray:
+    """The mask of a probability map: ``probability >= threshold``, or empty where the no-target
+    decision says nothing matches (``match_probability`` below ``constants.MATCH_THRESHOLD``)."""
+    if match_probability is not None and match_probability < MATCH_THRESHOLD:
+        return np.zeros(probability.shape, dtype=bool)
+    return probability >= threshold
 
 
 @dataclass
@@ -74,6 +82,11 @@ class Prediction:
     truncated: bool = False
     threshold: float = THRESHOLD
     match_probability: float | None = None
+
+    def with_threshold(self, threshold: float) -> Prediction:
+        """This prediction with its mask re-thresholded at ``threshold`` (the no-target decision kept)."""
+        return replace(self, mask=decide_mask(self.probability, threshold, self.match_probability),
+                                   threshold=threshold)
 
     @property
     def matched(self) -> bool:
@@ -326,9 +339,7 @@ class Predictor:
                 for row, q in enumerate(chunk):
                     n = len(q.ids)
                     p = np.ascontiguousarray(prob[row], dtype=np.float32)
-                    mask = p >= self.threshold
-                    if match is not None and match[row] < MATCH_THRESHOLD:
-                        mask = np.zeros_like(mask)  # the model says nothing here matches
+                    mask = decide_mask(p, self.threshold, None if match is None else match[row])
                     out.append(Prediction(
                         expression=q.expression, words=list(q.words), mask=mask, probability=p,
                         steps=np.ascontiguousarray(steps[row]), attention=attention[row, :, :n].copy(),
