@@ -43,8 +43,12 @@ def _compare(path, model, image, tokens, valid):
     got = run_onnx(path, image, tokens, valid)
     with torch.no_grad():
         want = model(image, tokens, valid, return_intermediates=True)
-    for name, ref in (("logits", want.logits), ("step_logits", want.step_logits), ("attention", want.attention),
-                      ("similarity", want.similarity)):
+    pairs = [("logits", want.logits), ("step_logits", want.step_logits), ("attention", want.attention),
+             ("similarity", want.similarity)]
+    if want.match_logits is not None:
+        pairs.append(("match_logits", want.match_logits))
+    assert set(got) == {name for name, _ in pairs}
+    for name, ref in pairs:
         assert got[name].shape == tuple(ref.shape), name
         np.testing.assert_allclose(got[name], ref.numpy(), atol=ATOL, err_msg=name)
 
@@ -69,6 +73,7 @@ def test_onnx_matches_pytorch_on_real_inputs(tiny, exported):
     {"cell": "convlstm", "folds": 2, "q_norm": "max", "reverse": True},
     {"fusion": "concat-conv", "first_step": "uniform", "text_encoder": "lstm"},
     {"backbone": "efficientnet_lite0", "image_size": 96, "q_scale": 10.0},  # the shapes-cpu architecture
+    {"match_head": True, "q_norm": "minmax", "q_leak": 0.1},  # the bundled model's no-target decision
 ])
 def test_onnx_parity_for_model_variants(tmp_path, variant):
     cfg = dataclasses.replace(get_preset("tiny").model, **variant)

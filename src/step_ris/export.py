@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 OPSET = 17  # LayerNorm is an ONNX op from opset 17
 INPUTS = ("image", "tokens", "valid_hw")
 OUTPUTS = ("logits", "step_logits", "attention", "similarity")
+MATCH_OUTPUT = "match_logits"  # (1,), models with a no-target decision (model.match_head) only
+
+
+def output_names(model: STEPModel) -> tuple[str, ...]:
+    """The exported graph's outputs: ``OUTPUTS``, and ``match_logits`` for a model with a match head."""
+    return OUTPUTS + ((MATCH_OUTPUT,) if model.match is not None else ())
 PARITY_ATOL = 1e-4
 
 
@@ -57,8 +63,11 @@ class OnnxGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor, valid_hw: torch.Tensor):
-        """image: (1, 3, S, S); tokens: (1, L); valid_hw: (1, 2) -> logits, step_logits, attention, similarity."""
+        """image: (1, 3, S, S); tokens: (1, L); valid_hw: (1, 2) -> logits, step_logits, attention, similarity
+        (and match_logits (1,) for a model with a no-target decision)."""
         out = self.model(image, tokens, valid_hw, return_intermediates=True)
+        if out.match_logits is not None:
+            return out.logits, out.step_logits, out.attention, out.similarity, out.match_logits
         return out.logits, out.step_logits, out.attention, out.similarity
 
 
@@ -98,12 +107,13 @@ def export_onnx(model: STEPModel, out: str | Path, *, vocab: Vocabulary, image_s
         # dynamo=False picks the TorchScript exporter where the keyword exists (torch >= 2.5)
         legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
         torch.onnx.export(graph, inputs, buffer, **legacy, opset_version=opset, input_names=list(INPUTS),
-                          output_names=list(OUTPUTS), do_constant_folding=True,
+                          output_names=list(output_names(model)), do_constant_folding=True,
                           dynamic_axes={"tokens": {1: "words"}, "attention": {2: "words"},
                                         "similarity": {2: "words"}})
     proto = onnx.load_from_string(buffer.getvalue())
     meta = {"step_ris.vocab": json.dumps(vocab.to_list()), "step_ris.image_size": str(image_size),
             "step_ris.max_words": str(max_words), "step_ris.inputs": ", ".join(INPUTS),
+            "step_ris.outputs": ", ".join(output_names(model)),
             "step_ris.config": json.dumps(config or {}, sort_keys=True)}
     for key, value in meta.items():
         prop = proto.metadata_props.add()
@@ -119,7 +129,7 @@ def export_onnx(model: STEPModel, out: str | Path, *, vocab: Vocabulary, image_s
 
 def run_onnx(path: str | Path | bytes, image: torch.Tensor | np.ndarray, tokens: torch.Tensor | np.ndarray,
              valid_hw: torch.Tensor | np.ndarray) -> dict[str, np.ndarray]:
-    """Run an exported file (or its bytes) with onnxruntime on one input; returns the four outputs by name."""
+    """Run an exported file (or its bytes) with onnxruntime on one input; returns every output by name."""
     ort = _require("onnxruntime")
     session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=["CPUExecutionProvider"])
     feed = {name: np.asarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x)
@@ -127,7 +137,8 @@ def run_onnx(path: str | Path | bytes, image: torch.Tensor | np.ndarray, tokens:
     feed["image"] = feed["image"].astype(np.float32)
     feed["tokens"] = feed["tokens"].astype(np.int64)
     feed["valid_hw"] = feed["valid_hw"].astype(np.int64)
-    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), feed), strict=True))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 def check_onnx(path: str | Path | bytes, model: STEPModel, inputs: tuple[torch.Tensor, ...]) -> float | None:
@@ -137,10 +148,12 @@ def check_onnx(path: str | Path | bytes, model: STEPModel, inputs: tuple[torch.T
     except ImportError:
         log.warning("onnxruntime is not installed: the exported file was not checked against PyTorch")
         return None
-    got = run_onnx(path, *inputs)["logits"]
+    got = run_onnx(path, *inputs)
     with torch.no_grad():
-        want = model(*inputs).logits.numpy()
-    worst = float(np.abs(got - want).max())
+        want = model(*inputs)
+    worst = float(np.abs(got["logits"] - want.logits.numpy()).max())
+    if want.match_logits is not None:
+        worst = max(worst, float(np.abs(got[MATCH_OUTPUT] - want.match_logits.numpy()).max()))
     if not np.isfinite(worst) or worst > PARITY_ATOL:
         raise ValueError(f"the exported ONNX graph disagrees with PyTorch (max |logits difference| {worst:.3g} > "
                          f"{PARITY_ATOL}); the file was not written")
@@ -165,5 +178,5 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props if p.key.startswith("step_ris.")}
 
 
-__all__ = ["INPUTS", "OPSET", "OUTPUTS", "OnnxGraph", "check_onnx", "example_inputs", "export_onnx",
+__all__ = ["INPUTS", "MATCH_OUTPUT", "OPSET", "OUTPUTS", "OnnxGraph", "check_onnx", "example_inputs", "export_onnx",
            "export_pretrained_onnx", "read_metadata", "run_onnx"]
