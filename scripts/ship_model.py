@@ -54,6 +54,10 @@ def main() -> None:
               "train_minutes": round(ckpt["train_seconds"] / 60, 1),
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
               "limit": args.limit, "splits": {}}
+    if cfg.train.init_from:  # fine-tuned: the card names what it started from
+        scores["init"] = {"model": cfg.train.init_from}
+    if "match_fit" in ckpt:  # a no-target decision fitted after training (scripts/fit_match_head.py)
+        scores["match_fit"] = ckpt["match_fit"]
 
     def score(dataset: str, root: str) -> dict:
         results = {}

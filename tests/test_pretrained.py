@@ -280,3 +280,21 @@ def test_predictions_from_a_saved_folder_are_identical(tiny, tmp_path):
     a = predictor.predict(tiny["image"], "the pink hexagon").probability
     b = again.predict(tiny["image"], "the pink hexagon").probability
     assert np.array_equal(a, b)
+
+
+def test_model_card_of_a_fine_tuned_model_with_a_no_target_decision():
+    import dataclasses
+
+    from step_ris.config import get_preset
+    from step_ris.model_card import model_card
+    from step_ris.text import Vocabulary
+
+    cfg = get_preset("tiny")
+    with_head = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, match_head=True))
+    scores = {"init": {"model": "runs/a", "steps": 10}, "match_fit": {"fitted_on": "shapesref-g:train",
+                                                                      "samples": 40, "target_acc": 0.95}}
+    card = model_card(with_head, Vocabulary(["red"]), scores)
+    assert "- fine-tuned from: runs/a (steps 10)" in card
+    assert "no-target decision fitted on `shapesref-g:train`: 40 expressions" in card and "95% of targets" in card
+    assert "empties it when nothing matches" in card and "always returns a mask" not in card
+    assert "always returns a mask" in model_card(cfg, Vocabulary(["red"]), {})

@@ -76,6 +76,15 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
                        ("train_minutes", "training minutes")):
         if key in scores:
             lines.append(f"- {label}: {scores[key]}")
+    init = scores.get("init")
+    if isinstance(init, dict):  # fine-tuned (train.init_from): what it started from
+        lines.append(f"- fine-tuned from: {init.get('model', '?')} ("
+                     + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in init.items() if k != "model") + ")")
+    fit = scores.get("match_fit")
+    if isinstance(fit, dict):  # no-target decision fitted after training (scripts/fit_match_head.py)
+        lines.append(f"- no-target decision fitted on `{fit.get('fitted_on', '?')}`: {fit.get('samples', '?')} "
+                     "expressions, class-balanced" + (f", threshold keeping {fit['target_acc']:.0%} of targets"
+                                                      if fit.get("target_acc") else ""))
     if d.blank_language:
         lines.append("- language-blind baseline: every expression was replaced by one unknown word")
     lines += ["", "## Scores", ""]
@@ -111,8 +120,11 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
         + (" (photographs in particular)." if synthetic else " without evaluation there."),
         f"- Closed vocabulary of {len(vocab)} words: other words are read as `<unk>`; English only (accents are "
         f"folded to ASCII); expressions are cut to {m.max_words} words.",
-        "- One mask per expression, thresholded at probability 0.5; it always returns a mask, even when the "
-        "expression matches nothing in the image.",
+        ("- One mask per expression, thresholded at probability 0.5; a no-target decision empties it when "
+         "nothing matches (`Prediction.matched`, `Prediction.score`), and it errs both ways (N-acc and T-acc "
+         "above)." if m.match_head else
+         "- One mask per expression, thresholded at probability 0.5; it always returns a mask, even when the "
+         "expression matches nothing in the image."),
         "- Not evaluated for fairness or for any safety-relevant use; do not use it for decisions about people.",
     ]
     if notes:
