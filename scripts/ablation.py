@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
+import sys
 from pathlib import Path
 
 from step_ris.config import apply_overrides, get_preset
@@ -175,7 +177,12 @@ def main() -> None:
             print(f"{row} seed {seed}: {now}", flush=True)
             if now == "done":
                 continue
-            train(cfg, folder, resume=now == "partial", progress=not args.quiet)
+            result = train(cfg, folder, resume=now == "partial", progress=not args.quiet) or {}
+            if result.get("interrupted"):  # Ctrl-C / SIGTERM stops the sweep, not just this run
+                name = result["interrupted"]
+                print(f"{row} seed {seed}: stopped by {name}, saved at step {result.get('step')}; run the same "
+                      "command again to continue the sweep", file=sys.stderr, flush=True)
+                raise SystemExit(128 + int(getattr(signal.Signals, name, signal.SIGTERM)))
     for row in dict.fromkeys(SAME_AS.get(r, r) for r in args.rows):  # finished runs lacking final.json
         for seed in args.seeds:
             folder = run_folder(out, row, seed)

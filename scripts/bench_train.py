@@ -44,7 +44,8 @@ def main() -> None:
                     f"train.iters={args.steps}", f"train.threads={args.threads}", "train.eval_every=0",
                     "train.eval_every_minutes=0", "train.eval_samples=16", "data.workers=0", *sets])
                 out = work / f"{name}-{r}"
-                train(cfg, out, progress=False)
+                if "interrupted" in (train(cfg, out, progress=False) or {}):  # Ctrl-C stops the benchmark
+                    raise SystemExit(130)
                 ckpt = load_checkpoint(out / "last.pt")
                 rate = ckpt["step"] * cfg.train.batch_size / ckpt["train_seconds"]
                 rates[name].append(rate)

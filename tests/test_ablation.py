@@ -87,3 +87,16 @@ def test_shards_split_the_runs_seed_by_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [*base, "--shard", "2/2"])
     with pytest.raises(SystemExit, match="0 <= I < N"):
         ablation.main()
+
+
+def test_an_interrupted_run_stops_the_sweep(tmp_path, monkeypatch, capsys):
+    # train() saves and returns on Ctrl-C / SIGTERM; the sweep must stop there, not start the next row.
+    calls = []
+    monkeypatch.setattr(ablation, "train", lambda cfg, folder, **kw: calls.append(folder.parent.name)
+                        or {"interrupted": "SIGINT", "step": 2})
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--base", "tiny", "--expressions", "8", "--seeds", "0",
+                                      "--out", str(tmp_path), "--rows", "ours-1fold", "no-ltr", "--quiet"])
+    with pytest.raises(SystemExit) as stopped:
+        ablation.main()
+    assert stopped.value.code == 130 and calls == ["ours-1fold"]
+    assert "run the same command again" in capsys.readouterr().err
