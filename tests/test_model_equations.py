@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from step_ris.model.co_embedding import CoEmbedding
@@ -133,10 +134,11 @@ def test_co_embedding_layer_norm_is_per_sample():
     assert torch.allclose(emb.heatmap(emb.phi(0, v), emb.psi(0, s)), q_batch, atol=1e-6)  # train == eval
 
 
-def test_eqs5_to_8_one_convgru_step():
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_eqs5_to_8_one_convgru_step(dilation):
     torch.manual_seed(3)
-    f, h, w = 2, 4, 4
-    cell = ConvGRUCell(in_channels=1, filters=f, kernel=3).double()
+    f, h, w = 2, 5, 5
+    cell = ConvGRUCell(in_channels=1, filters=f, kernel=3, dilation=dilation).double()
     x = torch.randn(1, 1, h, w, dtype=torch.float64)
     h_prev = torch.randn(1, f, h, w, dtype=torch.float64)
     out, _ = cell(x, h_prev)
@@ -144,19 +146,20 @@ def test_eqs5_to_8_one_convgru_step():
     wi, bi = cell.input_gates.weight, cell.input_gates.bias
     w_f, w_z, w_h = loop_conv(x[0], wi[:f], bi[:f]), loop_conv(x[0], wi[f:2 * f], bi[f:2 * f]), loop_conv(
         x[0], wi[2 * f:], bi[2 * f:])
-    r_f = loop_conv(h_prev[0], cell.hidden_gates.weight[:f])
-    r_z = loop_conv(h_prev[0], cell.hidden_gates.weight[f:])
+    r_f = loop_conv(h_prev[0], cell.hidden_gates.weight[:f], dilation=dilation)  # R^* dilated, W^* dense
+    r_z = loop_conv(h_prev[0], cell.hidden_gates.weight[f:], dilation=dilation)
     gate_f = torch.sigmoid(r_f + w_f)  # (5)
     gate_z = torch.sigmoid(r_z + w_z)  # (6)
-    h_hat = torch.tanh(loop_conv(gate_f * h_prev[0], cell.hidden_candidate.weight) + w_h)  # (7)
+    h_hat = torch.tanh(loop_conv(gate_f * h_prev[0], cell.hidden_candidate.weight, dilation=dilation) + w_h)  # (7)
     expected = gate_z * h_prev[0] + (1 - gate_z) * h_hat  # (8)
     assert torch.allclose(out[0], expected, atol=1e-9)
 
 
-def test_one_convlstm_step():
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_one_convlstm_step(dilation):
     torch.manual_seed(4)
-    f, h, w = 2, 3, 3
-    cell = ConvLSTMCell(in_channels=1, filters=f, kernel=3).double()
+    f, h, w = 2, 5, 5
+    cell = ConvLSTMCell(in_channels=1, filters=f, kernel=3, dilation=dilation).double()
     with torch.no_grad():
         cell.peephole.normal_()
     x = torch.randn(1, 1, h, w, dtype=torch.float64)
@@ -164,7 +167,8 @@ def test_one_convlstm_step():
     out, (h_new, c_new) = cell(x, (h_prev, c_prev))
 
     wx, bx, wh = cell.input_gates.weight, cell.input_gates.bias, cell.hidden_gates.weight
-    gate = [loop_conv(x[0], wx[g * f:(g + 1) * f], bx[g * f:(g + 1) * f]) + loop_conv(h_prev[0], wh[g * f:(g + 1) * f])
+    gate = [loop_conv(x[0], wx[g * f:(g + 1) * f], bx[g * f:(g + 1) * f]) + loop_conv(h_prev[0], wh[g * f:(g + 1) * f],
+                                                                              dilation=dilation)
             for g in range(4)]  # i, f, c, o pre-activations
     pi, pf, po = cell.peephole
     i = torch.sigmoid(gate[0] + pi * c_prev[0])
@@ -209,3 +213,29 @@ def test_eq4_leaky_switch_keeps_negative_side_small_and_differentiable():
     assert torch.allclose(leaky, torch.where(cos > 0, cos, 0.1 * cos))
     leaky.sum().backward()
     assert (phi.grad.abs().sum(1) > 0).all()  # every pixel gets a gradient, negative ones too
+
+
+@pytest.mark.parametrize("cell", ["convgru", "convlstm"])
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_refiner_dilation_sets_how_far_the_state_sees(cell, dilation):
+    """After T steps a cell of h_T sees Q_1 up to 1 + n d (T - 1) cells away (3x3 kernels), no further:
+    n = 1 recurrent convolution per step in ConvLSTM, 2 in ConvGRU (R^h acts on f_t . h_{t-1}, Eq. 7)."""
+    torch.manual_seed(6)
+    steps = 4
+    ref = Refiner(cell=cell, filters=3, kernel=3, dilation=dilation).double()
+    reach = 1 + (2 if cell == "convgru" else 1) * dilation * (steps - 1)
+    size = 2 * reach + 5
+    centre = size // 2
+    q1 = torch.zeros(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    qs = [q1] + [torch.zeros(1, 1, size, size, dtype=torch.float64) for _ in range(steps - 1)]
+    state = ref.start(q1)
+    for q in qs:
+        logits, state = ref.step(q, state)
+    logits[0, 0, centre, centre].backward()
+    touched = (q1.grad[0, 0] != 0).nonzero()
+    assert int((touched - centre).abs().max()) == reach
+
+
+def test_refiner_dilation_below_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="dilation=0"):
+        Refiner(cell="convgru", filters=3, dilation=0)

@@ -68,6 +68,7 @@ class ModelConfig:
     cell: Cell = "convlstm"
     filters: int = 32
     kernel: int = 3
+    refiner_dilation: int = 1  # beyond the paper: dilation of the recurrent convolutions R^* (docs/model.md, 18)
     folds: int = 1  # K; T = 5K steps
     reverse: bool = False  # "reverse STEP": levels F5 -> F1
     # Beyond the paper: a no-target decision for expressions that match nothing (model/match_head.py)

@@ -59,7 +59,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
         fusion = ConcatConv(visual_channels=visual.out_channels, text_dim=language.out_dim, dim=cfg.embed_dim)
     if cfg.fusion == "step":
         fusion.initialise(cfg.embed_init)
-    refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps)
+    refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps,
+                      dilation=cfg.refiner_dilation)
     if cfg.refiner_input_gain != 1.0:
         refiner.scale_input_weights(cfg.refiner_input_gain)
     match = None

@@ -14,6 +14,13 @@ paper's ``c = 3`` does not match the one-channel Q_t of Eqs. 5-8 and is read as 
 
 The "1x1-conv" ablation has no recurrence: ``P_t = sigma(1x1 conv(Q_t))`` feeds Eq. 1 and the
 final map is a 1x1 conv over the stack ``[Q_1 .. Q_T]``.
+
+Beyond the paper, ``dilation`` > 1 dilates the recurrent convolutions R^* (the input
+convolutions W^* stay dense), so the state sees further across the image at each step: after T
+steps of 3x3 kernels a cell of h_T sees Q_1 up to 1 + n d (T - 1) cells away, n = 1 recurrent
+convolution per step in ConvLSTM and 2 in ConvGRU (R^h acts on f_t . h_{t-1}, Eq. 7)
+(docs/model.md, choice 18). Relations and ordinals ("the second circle from the left") depend on objects far
+apart; the paper's d = 1 is the default.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from torch import nn
 
 
 class ConvGRUCell(nn.Module):
-    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3):
+    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3, dilation: int = 1):
         super().__init__()
         pad = kernel // 2
         self.filters = filters
         self.input_gates = nn.Conv2d(in_channels, 3 * filters, kernel, padding=pad)  # W^f, W^z, W^h and b
-        self.hidden_gates = nn.Conv2d(filters, 2 * filters, kernel, padding=pad, bias=False)  # R^f, R^z
-        self.hidden_candidate = nn.Conv2d(filters, filters, kernel, padding=pad, bias=False)  # R^h
+        recurrent = dict(padding=pad * dilation, dilation=dilation, bias=False)
+        self.hidden_gates = nn.Conv2d(filters, 2 * filters, kernel, **recurrent)  # R^f, R^z
+        self.hidden_candidate = nn.Conv2d(filters, filters, kernel, **recurrent)  # R^h
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
@@ -48,12 +56,13 @@ class ConvGRUCell(nn.Module):
 class ConvLSTMCell(nn.Module):
     """Shi et al. 2015, Eq. 3 (with per-channel peepholes)."""
 
-    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3):
+    def __init__(self, *, in_channels: int, filters: int, kernel: int = 3, dilation: int = 1):
         super().__init__()
         pad = kernel // 2
         self.filters = filters
         self.input_gates = nn.Conv2d(in_channels, 4 * filters, kernel, padding=pad)  # W_x{i,f,c,o} and b
-        self.hidden_gates = nn.Conv2d(filters, 4 * filters, kernel, padding=pad, bias=False)  # W_h{i,f,c,o}
+        self.hidden_gates = nn.Conv2d(filters, 4 * filters, kernel, padding=pad * dilation, dilation=dilation,
+                                      bias=False)  # W_h{i,f,c,o}
         self.peephole = nn.Parameter(torch.zeros(3, filters, 1, 1))  # W_c{i,f,o}
 
     def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +83,7 @@ class ConvLSTMCell(nn.Module):
 
 
 # The one list of refiner cells: name -> the ConvRNN cell's class (built with in_channels, filters,
-# kernel); None is the "1x1-conv" ablation, which has no recurrence. config.Cell lists the same names
+# kernel, dilation); None is the "1x1-conv" ablation, which has no recurrence. config.Cell lists the same names
 # (tests/test_registries.py checks that they agree).
 CELLS: dict[str, type[ConvGRUCell] | type[ConvLSTMCell] | None] = {
     "convlstm": ConvLSTMCell,
@@ -90,19 +99,22 @@ class Refiner(nn.Module):
         cell: a name in :data:`CELLS`: "convgru", "convlstm" or "conv1x1" (the ablation without a ConvRNN).
         filters, kernel: of the ConvRNN (32, 3 in the paper).
         steps: T, needed by the "conv1x1" variant's final 1x1 conv over [Q_1..Q_T].
+        dilation: of the recurrent convolutions R^* (1 in the paper; see the module docstring).
 
     Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state)`` for
     each step, and ``refiner.final(logits_T, qs)`` for the output map.
     """
 
-    def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5):
+    def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5, dilation: int = 1):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
+        if dilation < 1:
+            raise ValueError(f"refiner dilation={dilation}; it must be 1 (the paper) or more")
         self.kind = cell
         cell_class = CELLS[cell]
         if cell_class is not None:
-            self.cell = cell_class(in_channels=1, filters=filters, kernel=kernel)
+            self.cell = cell_class(in_channels=1, filters=filters, kernel=kernel, dilation=dilation)
         else:
             self.cell = None
             self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
