@@ -1,0 +1,95 @@
+"""Where a model's ShapesRef answers fail: the right object, another object of the expression's
+candidate set (the filter was read, the relation or ordinal was not), an object outside that set,
+a mask split over several objects, or a partial or empty mask.
+
+    python scripts/error_breakdown.py --model runs/refiner/D1 --root data/shapesref-cpu --limit 600
+
+The candidate set is the ``of`` filter of the expression's logical form (ShapesRef writes one per
+sentence, docs/shapesref.md). Each predicted mask is matched to the object it overlaps best (IoU);
+docs/recipes.md ("Fourth round") has the measured table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+
+import numpy as np
+
+FAMILIES = ("ordinal", "relational")
+KINDS = ("right object", "another object of the candidate set", "split over 2+ objects",
+         "an object outside the candidate set", "partial or empty")
+
+
+def candidates(logical_form: dict, attributes: dict[int, dict]) -> set[int]:
+    """The objects (ann id -> ShapesRef attributes) that the form's ``of`` filter admits."""
+    of = logical_form.get("of") or {}
+    if of.get("op") != "filter":
+        return set()
+    return {i for i, a in attributes.items()
+            if all(of.get(key) is None or a[key] == of[key] for key in ("shape", "colour", "size"))}
+
+
+def classify(pred: np.ndarray, masks: dict[int, np.ndarray], referent: int, cands: set[int]) -> str:
+    """One of :data:`KINDS` for a predicted mask against the image's object masks (all bool)."""
+    ious = {i: (pred & m).sum() / max((pred | m).sum(), 1) for i, m in masks.items()}
+    best = max(ious, key=ious.get)
+    if ious[best] < 0.5:
+        covered = sum((pred & m).sum() / max(m.sum(), 1) >= 0.3 for m in masks.values())
+        return KINDS[2] if covered >= 2 else KINDS[4]
+    if best == referent:
+        return KINDS[0]
+    return KINDS[1] if best in cands else KINDS[3]
+
+
+def main() -> None:
+    from tqdm import tqdm
+
+    from step_ris import Predictor
+    from step_ris.data.refer import ReferData
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a run folder, checkpoint or model name")
+    p.add_argument("--root", default="data/shapesref-cpu")
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, default=600, help="expressions (ordinal and relational together)")
+    args = p.parse_args()
+    data = ReferData(args.root, "shapesref")
+    predictor = Predictor.from_pretrained(args.model)
+    samples = [s for s in data.samples(args.split) if s.sentence.get("family") in FAMILIES]
+    if not samples or "logical_form" not in samples[0].sentence:
+        raise SystemExit(f"{args.root}: no {args.split} expressions with a family and logical form; "
+                         "this needs ShapesRef data made by `step-ris data shapesref`")
+    random.Random(0).shuffle(samples)
+    by_image = collections.defaultdict(list)
+    for s in samples:
+        by_image[s.ref["image_id"]].append(s)
+    anns_of = collections.defaultdict(list)
+    for a in data.anns.values():
+        anns_of[a["image_id"]].append(a)
+    counts = {f: collections.Counter() for f in FAMILIES}
+    done = 0
+    with tqdm(total=min(args.limit, len(samples)), unit="expr") as bar:
+        for image_id, group in by_image.items():
+            if done >= args.limit:
+                break
+            group = group[:args.limit - done]
+            anns = anns_of[image_id]
+            masks = {a["id"]: data.mask(a) > 0 for a in anns}
+            attributes = {a["id"]: a["attributes"] for a in anns}
+            for s, out in zip(group, predictor.predict(data.image_path(image_id), [s.sentence["sent"] for s in group]),
+                              strict=True):
+                kind = classify(out.mask, masks, s.ref["ann_id"], candidates(s.sentence["logical_form"], attributes))
+                counts[s.sentence["family"]][kind] += 1
+            done += len(group)
+            bar.update(len(group))
+    print("| family | n | " + " | ".join(KINDS) + " |")
+    print("|---|---|" + "---|" * len(KINDS))
+    for family, c in counts.items():
+        n = sum(c.values())
+        print(f"| {family} | {n} | " + " | ".join(f"{c[k] / max(n, 1):.3f}" for k in KINDS) + " |")
+
+
+if __name__ == "__main__":
+    main()
