@@ -19,8 +19,9 @@ Beyond the paper, ``dilation`` > 1 dilates the recurrent convolutions R^* (the i
 convolutions W^* stay dense), so the state sees further across the image at each step: after T
 steps of 3x3 kernels a cell of h_T sees Q_1 up to 1 + n d (T - 1) cells away, n = 1 recurrent
 convolution per step in ConvLSTM and 2 in ConvGRU (R^h acts on f_t . h_{t-1}, Eq. 7)
-(docs/model.md, choice 18). Relations and ordinals ("the second circle from the left") depend on objects far
-apart; the paper's d = 1 is the default.
+(docs/model.md, choice 18). Relations and ordinals ("the second circle from the left") depend
+on objects far apart, yet on ShapesRef d = 2 and 4 did not lift them (docs/recipes.md, fourth
+round); the paper's d = 1 is the default.
 """
 
 from __future__ import annotations
