@@ -55,10 +55,12 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=600, help="expressions (ordinal and relational together)")
     args = p.parse_args()
+    if args.limit < 1:
+        p.error(f"--limit {args.limit}: give at least 1 expression")
     data = ReferData(args.root, "shapesref")
     predictor = Predictor.from_pretrained(args.model)
     samples = [s for s in data.samples(args.split) if s.sentence.get("family") in FAMILIES]
-    if not samples or "logical_form" not in samples[0].sentence:
+    if not samples or any("logical_form" not in s.sentence for s in samples):
         raise SystemExit(f"{args.root}: no {args.split} expressions with a family and logical form; "
                          "this needs ShapesRef data made by `step-ris data shapesref`")
     random.Random(0).shuffle(samples)

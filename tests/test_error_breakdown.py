@@ -1,6 +1,7 @@
 """scripts/error_breakdown.py: the candidate sets and the failure kinds, and a run on generated data."""
 
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def test_script_prints_a_row_per_family(tmp_path, monkeypatch, capsys):
 
 
 def test_data_without_logical_forms_is_a_clear_error(tmp_path, monkeypatch):
+    data = tmp_path / "shapes"
+    generate_shapesref(data, images=16, seed=3, size=64, progress=False)
+    refs_path = data / "shapesref" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    for ref in refs:
+        for sentence in ref["sentences"]:
+            sentence.pop("logical_form", None)
+    refs_path.write_bytes(pickle.dumps(refs))
+    monkeypatch.setattr(sys, "argv", ["error_breakdown.py", "--model", "shapes-cpu", "--root", str(data),
+                                      "--split", "train"])
+    with pytest.raises(SystemExit, match="no train expressions with a family and logical form"):
+        eb.main()
+
+
+def test_missing_data_and_bad_limit_are_clear_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["error_breakdown.py", "--model", "shapes-cpu", "--root", str(tmp_path)])
     with pytest.raises(Exception, match=str(tmp_path)):
         eb.main()
+    monkeypatch.setattr(sys, "argv", ["error_breakdown.py", "--model", "shapes-cpu", "--limit", "0"])
+    with pytest.raises(SystemExit):
+        eb.main()
+    assert "--limit 0: give at least 1 expression" in capsys.readouterr().err
