@@ -81,22 +81,26 @@ def reference_forward(model, image: torch.Tensor, tokens: list[int], valid: tupl
         q = F.interpolate(q, size=grid0, mode="bilinear", align_corners=False)
         if state is None:
             state = refiner.start(q)
-        logit, state = refiner.step(q, state)
+        logit, state = refiner.step(q, state, s[None])  # s_t is read only with refiner_text=film
         prev = torch.sigmoid(logit)
         probs.append(prev[0, 0])
     out = F.interpolate(logit, size=(S, S), mode="bilinear", align_corners=False)  # Eq. 10
     return out[0, 0], probs
 
 
-@pytest.fixture(scope="module", params=["convgru", "convlstm"])
+@pytest.fixture(scope="module", params=["convgru", "convlstm", "convgru+film", "convlstm+film"])
 def model(request):
     torch.manual_seed(1)
+    cell, _, text = request.param.partition("+")
     # A low pixel temperature makes P_{t-1} matter in Eq. 1 even for random weights.
-    cfg = dataclasses.replace(get_preset("tiny").model, cell=request.param, embed_norm="none", image_size=S,
-                              pixel_temperature=0.01)
+    cfg = dataclasses.replace(get_preset("tiny").model, cell=cell, embed_norm="none", image_size=S,
+                              pixel_temperature=0.01, refiner_text=text or "none")
     model = build_model(cfg, VOCAB).eval()
     with torch.no_grad():
         model.refiner.head.weight.mul_(20)  # P_t far from uniform, so that the feedback shows
+        if model.refiner.film is not None:  # it starts at zero; random, so that a wrong s_t shows
+            model.refiner.film.weight.normal_(0, 1)
+            model.refiner.film.bias.normal_(0, 1)
     return model
 
 

@@ -134,18 +134,28 @@ def test_co_embedding_layer_norm_is_per_sample():
     assert torch.allclose(emb.heatmap(emb.phi(0, v), emb.psi(0, s)), q_batch, atol=1e-6)  # train == eval
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
-def test_eqs5_to_8_one_convgru_step(dilation):
+def _film(gates: int, modulated: bool):
+    """A random (gamma, beta), each (1, gates, 1, 1), and its per-gate reference; None, identity without."""
+    if not modulated:
+        return None, lambda g, pre: pre
+    gamma, beta = torch.randn(2, 1, gates, 1, 1, dtype=torch.float64)
+    return (gamma, beta), lambda g, pre: (1 + gamma[0, g, 0, 0]) * pre + beta[0, g, 0, 0]
+
+
+@pytest.mark.parametrize(("dilation", "modulated"), [(1, False), (2, False), (1, True)])
+def test_eqs5_to_8_one_convgru_step(dilation, modulated):
+    """Modulated: refiner_text=film's (1 + gamma) . (W^* * x_t) + beta, per gate channel, inside Eqs. 5-7."""
     torch.manual_seed(3)
     f, h, w = 2, 5, 5
     cell = ConvGRUCell(in_channels=1, filters=f, kernel=3, dilation=dilation).double()
     x = torch.randn(1, 1, h, w, dtype=torch.float64)
     h_prev = torch.randn(1, f, h, w, dtype=torch.float64)
-    out, _ = cell(x, h_prev)
+    modulation, film = _film(3 * f, modulated)
+    out, _ = cell(x, h_prev, modulation)
 
     wi, bi = cell.input_gates.weight, cell.input_gates.bias
-    w_f, w_z, w_h = loop_conv(x[0], wi[:f], bi[:f]), loop_conv(x[0], wi[f:2 * f], bi[f:2 * f]), loop_conv(
-        x[0], wi[2 * f:], bi[2 * f:])
+    w_x = torch.stack([film(g, loop_conv(x[0], wi[g:g + 1], bi[g:g + 1])[0]) for g in range(3 * f)])  # (3F, H, W)
+    w_f, w_z, w_h = w_x[:f], w_x[f:2 * f], w_x[2 * f:]
     r_f = loop_conv(h_prev[0], cell.hidden_gates.weight[:f], dilation=dilation)  # R^* dilated, W^* dense
     r_z = loop_conv(h_prev[0], cell.hidden_gates.weight[f:], dilation=dilation)
     gate_f = torch.sigmoid(r_f + w_f)  # (5)
@@ -155,8 +165,8 @@ def test_eqs5_to_8_one_convgru_step(dilation):
     assert torch.allclose(out[0], expected, atol=1e-9)
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
-def test_one_convlstm_step(dilation):
+@pytest.mark.parametrize(("dilation", "modulated"), [(1, False), (2, False), (1, True)])
+def test_one_convlstm_step(dilation, modulated):
     torch.manual_seed(4)
     f, h, w = 2, 5, 5
     cell = ConvLSTMCell(in_channels=1, filters=f, kernel=3, dilation=dilation).double()
@@ -164,11 +174,12 @@ def test_one_convlstm_step(dilation):
         cell.peephole.normal_()
     x = torch.randn(1, 1, h, w, dtype=torch.float64)
     h_prev, c_prev = torch.randn(1, f, h, w, dtype=torch.float64), torch.randn(1, f, h, w, dtype=torch.float64)
-    out, (h_new, c_new) = cell(x, (h_prev, c_prev))
+    modulation, film = _film(4 * f, modulated)
+    out, (h_new, c_new) = cell(x, (h_prev, c_prev), modulation)
 
     wx, bx, wh = cell.input_gates.weight, cell.input_gates.bias, cell.hidden_gates.weight
-    gate = [loop_conv(x[0], wx[g * f:(g + 1) * f], bx[g * f:(g + 1) * f]) + loop_conv(h_prev[0], wh[g * f:(g + 1) * f],
-                                                                              dilation=dilation)
+    w_x = torch.stack([film(g, loop_conv(x[0], wx[g:g + 1], bx[g:g + 1])[0]) for g in range(4 * f)])  # (4F, H, W)
+    gate = [w_x[g * f:(g + 1) * f] + loop_conv(h_prev[0], wh[g * f:(g + 1) * f], dilation=dilation)
             for g in range(4)]  # i, f, c, o pre-activations
     pi, pf, po = cell.peephole
     i = torch.sigmoid(gate[0] + pi * c_prev[0])
@@ -239,3 +250,33 @@ def test_refiner_dilation_sets_how_far_the_state_sees(cell, dilation):
 def test_refiner_dilation_below_one_is_a_clear_error():
     with pytest.raises(ValueError, match="dilation=0"):
         Refiner(cell="convgru", filters=3, dilation=0)
+
+
+def test_refiner_film_reads_s_t_and_starts_as_the_paper():
+    """refiner_text=film: (gamma, beta) = a linear map of s_t, zero at the start (the paper's refiner)."""
+    torch.manual_seed(7)
+    plain = Refiner(cell="convgru", filters=3).double()
+    film = Refiner(cell="convgru", filters=3, text="film", text_dim=4).double()
+    film.load_state_dict(plain.state_dict(), strict=False)
+    q, s = torch.rand(2, 1, 6, 6, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    start = film.step(q, film.start(q), s)[0]
+    torch.testing.assert_close(start, plain.step(q, plain.start(q))[0])
+    with torch.no_grad():
+        film.film.weight.normal_()
+    out, _ = film.step(q, film.start(q), s)
+    gamma, beta = (s @ film.film.weight.T + film.film.bias).chunk(2, dim=1)  # (2, 9) each
+    expected, _ = film.cell(q, film.cell.initial_state(q), (gamma[:, :, None, None], beta[:, :, None, None]))
+    torch.testing.assert_close(out, film.head(expected))
+    assert (out - start).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pass it to step"):
+        film.step(q, film.start(q))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(cell="conv1x1", text="film", text_dim=4), "needs a ConvRNN cell"),
+    (dict(cell="convgru", text="film"), "text_dim=0"),
+    (dict(cell="convgru", text="gate"), "text='gate'; choose one of: none, film"),
+])
+def test_refiner_text_bad_settings_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Refiner(filters=3, **kwargs)

@@ -16,7 +16,7 @@ from step_ris import config
 from step_ris.config import ModelConfig, get_preset, validate
 from step_ris.model import step
 from step_ris.model.backbones import BACKBONES
-from step_ris.model.refiner import CELLS, Refiner
+from step_ris.model.refiner import CELLS, TEXT_PATHS, Refiner
 
 
 def test_backbone_literal_equals_registry():
@@ -27,6 +27,11 @@ def test_backbone_literal_equals_registry():
 def test_cell_literal_equals_registry():
     assert set(typing.get_args(config.Cell)) == set(CELLS)
     assert typing.get_type_hints(ModelConfig)["cell"] is config.Cell
+
+
+def test_refiner_text_literal_equals_registry():
+    assert set(typing.get_args(config.RefinerText)) == set(TEXT_PATHS)
+    assert typing.get_type_hints(ModelConfig)["refiner_text"] is config.RefinerText
 
 
 def test_q_norm_literal_equals_registry():
@@ -62,6 +67,13 @@ def test_validate_rejects_a_name_outside_the_registry(key, value):
     with pytest.raises(ValueError, match=f"model.{key}='{value}' is not allowed; choose one of: "):
         validate(bad)
     assert validate(cfg) is cfg
+
+
+def test_validate_rejects_film_without_a_convrnn():
+    cfg = get_preset("tiny")
+    bad = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cell="conv1x1", refiner_text="film"))
+    with pytest.raises(ValueError, match="model.refiner_text=film needs a ConvRNN: set model.cell=convgru"):
+        validate(bad)
 
 
 def test_every_preset_uses_registered_names():

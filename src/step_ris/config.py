@@ -26,6 +26,7 @@ FirstStep = Literal["final-state", "uniform"]
 Encoder = Literal["bilstm", "lstm"]
 QNorm = Literal["none", "max", "minmax"]
 Precision = Literal["fp32", "bf16", "auto"]
+RefinerText = Literal["none", "film"]
 Init = Literal["pytorch", "xavier", "xavier-positive-bias", "data"]
 
 
@@ -69,6 +70,7 @@ class ModelConfig:
     filters: int = 32
     kernel: int = 3
     refiner_dilation: int = 1  # beyond the paper: dilation of the recurrent convolutions R^* (docs/model.md, 18)
+    refiner_text: RefinerText = "none"  # beyond the paper: "film", s_t modulates the ConvRNN's input gates (19)
     folds: int = 1  # K; T = 5K steps
     reverse: bool = False  # "reverse STEP": levels F5 -> F1
     # Beyond the paper: a no-target decision for expressions that match nothing (model/match_head.py)
@@ -372,6 +374,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         (1 <= m.max_words <= 64, f"model.max_words={m.max_words} must be in 1..64 (paper: 20)"),
         (m.pixel_temperature > 0, f"model.pixel_temperature={m.pixel_temperature} must be > 0"),
         (m.embed_kernel in (1, 3), f"model.embed_kernel={m.embed_kernel} must be 1 or 3"),
+        (m.refiner_dilation >= 1, f"model.refiner_dilation={m.refiner_dilation} must be >= 1 (the paper: 1)"),
+        (m.refiner_text == "none" or m.cell != "conv1x1",
+         f"model.refiner_text={m.refiner_text} needs a ConvRNN: set model.cell=convgru or convlstm, "
+         f"or model.refiner_text=none"),
         (cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1"),
         (cfg.train.sentences_per_image >= 1 and cfg.train.batch_size % cfg.train.sentences_per_image == 0,
          f"train.sentences_per_image={cfg.train.sentences_per_image} must be >= 1 and divide "

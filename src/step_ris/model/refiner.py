@@ -22,12 +22,28 @@ convolution per step in ConvLSTM and 2 in ConvGRU (R^h acts on f_t . h_{t-1}, Eq
 (docs/model.md, choice 18). Relations and ordinals ("the second circle from the left") depend
 on objects far apart, yet on ShapesRef d = 2 and 4 did not lift them (docs/recipes.md, fourth
 round); the paper's d = 1 is the default.
+
+Beyond the paper, ``text="film"`` lets the sentence reach the ConvRNN directly: s_t of Eq. 1
+scales and shifts the input-gate pre-activations of every step, ``(1 + gamma(s_t)) . (W^* * x_t)
++ beta(s_t)``, one (gamma, beta) per gate channel from a linear map of s_t (FiLM, Perez et al.
+2018), initialised to zero so that a new model starts as the paper's. In the paper the refiner
+sees the sentence only through the one-channel Q_t, so it is never told which ordinal or relation
+was asked (docs/model.md, choice 19). On ShapesRef it learned less, ordinals and relations too
+(docs/recipes.md, fifth round); "none" is the default.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def _modulate(gates: torch.Tensor, modulation) -> torch.Tensor:
+    """(1 + gamma) . gates + beta, or the gates unchanged without a modulation."""
+    if modulation is None:
+        return gates
+    gamma, beta = modulation
+    return gates * (1 + gamma) + beta
 
 
 class ConvGRUCell(nn.Module):
@@ -43,9 +59,12 @@ class ConvGRUCell(nn.Module):
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C_in, H, W); h: (B, F, H, W) -> (output h_t, new state h_t)."""
-        wf, wz, wh = self.input_gates(x).chunk(3, dim=1)
+    def forward(self, x: torch.Tensor, h: torch.Tensor, modulation=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C_in, H, W); h: (B, F, H, W) -> (output h_t, new state h_t).
+
+        modulation: None, or (gamma, beta) each (B, 3F, 1, 1) applied to W^* * x_t (see the module docstring).
+        """
+        wf, wz, wh = _modulate(self.input_gates(x), modulation).chunk(3, dim=1)
         rf, rz = self.hidden_gates(h).chunk(2, dim=1)
         f = torch.sigmoid(rf + wf)  # (5)
         z = torch.sigmoid(rz + wz)  # (6)
@@ -70,10 +89,13 @@ class ConvLSTMCell(nn.Module):
         zeros = x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
         return zeros, zeros
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        """x: (B, C_in, H, W); state (h, c) each (B, F, H, W) -> (h_t, (h_t, c_t))."""
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], modulation=None):
+        """x: (B, C_in, H, W); state (h, c) each (B, F, H, W) -> (h_t, (h_t, c_t)).
+
+        modulation: None, or (gamma, beta) each (B, 4F, 1, 1) applied to W_x * x_t (see the module docstring).
+        """
         h, c = state
-        xi, xf, xc, xo = self.input_gates(x).chunk(4, dim=1)
+        xi, xf, xc, xo = _modulate(self.input_gates(x), modulation).chunk(4, dim=1)
         hi, hf, hc, ho = self.hidden_gates(h).chunk(4, dim=1)
         i = torch.sigmoid(xi + hi + self.peephole[0] * c)
         f = torch.sigmoid(xf + hf + self.peephole[1] * c)
@@ -82,6 +104,10 @@ class ConvLSTMCell(nn.Module):
         h = o * torch.tanh(c)
         return h, (h, c)
 
+
+# How the sentence reaches the refiner (``model.refiner_text``): "none" only through Q_t (the paper),
+# "film" also through s_t modulating the input gates. config.RefinerText lists the same names.
+TEXT_PATHS = ("none", "film")
 
 # The one list of refiner cells: name -> the ConvRNN cell's class (built with in_channels, filters,
 # kernel, dilation); None is the "1x1-conv" ablation, which has no recurrence. config.Cell lists the same names
@@ -101,17 +127,25 @@ class Refiner(nn.Module):
         filters, kernel: of the ConvRNN (32, 3 in the paper).
         steps: T, needed by the "conv1x1" variant's final 1x1 conv over [Q_1..Q_T].
         dilation: of the recurrent convolutions R^* (1 in the paper; see the module docstring).
+        text: "none" (the paper) or "film": s_t modulates the input gates (see the module docstring).
+        text_dim: the size of s_t, needed with ``text="film"``.
 
-    Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state)`` for
+    Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state, s_t)`` for
     each step, and ``refiner.final(logits_T, qs)`` for the output map.
     """
 
-    def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5, dilation: int = 1):
+    def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5, dilation: int = 1,
+                 text: str = "none", text_dim: int = 0):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
         if dilation < 1:
             raise ValueError(f"refiner dilation={dilation}; it must be 1 (the paper) or more")
+        if text not in TEXT_PATHS:
+            raise ValueError(f"refiner text={text!r}; choose one of: {', '.join(TEXT_PATHS)}")
+        if text == "film" and (CELLS[cell] is None or text_dim < 1):
+            raise ValueError(f"refiner text='film' needs a ConvRNN cell (convgru or convlstm, not {cell!r}) "
+                             f"and the size of s_t (text_dim={text_dim})")
         self.kind = cell
         cell_class = CELLS[cell]
         if cell_class is not None:
@@ -120,6 +154,11 @@ class Refiner(nn.Module):
             self.cell = None
             self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
         self.head = nn.Conv2d(filters if self.cell is not None else 1, 1, 1)  # Eq. 9: W^P, b^P
+        self.film = None
+        if text == "film":  # s_t -> (gamma, beta) per input-gate channel, zero at the start
+            self.film = nn.Linear(text_dim, 2 * self.cell.input_gates.out_channels)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
     @torch.no_grad()
     def scale_input_weights(self, gain: float) -> None:
@@ -135,11 +174,17 @@ class Refiner(nn.Module):
     def start(self, q: torch.Tensor):
         return None if self.cell is None else self.cell.initial_state(q)
 
-    def step(self, q: torch.Tensor, state):
-        """q: (B, 1, H, W) -> logits of P_t (B, 1, H, W), new state."""
+    def step(self, q: torch.Tensor, state, text: torch.Tensor | None = None):
+        """q: (B, 1, H, W), text: s_t (B, D) (used with ``text="film"``) -> logits of P_t (B, 1, H, W), new state."""
         if self.cell is None:
             return self.head(q), None
-        out, state = self.cell(q, state)
+        modulation = None
+        if self.film is not None:
+            if text is None:
+                raise ValueError("this refiner reads s_t (text='film'): pass it to step(q, state, text)")
+            gamma, beta = self.film(text)[:, :, None, None].chunk(2, dim=1)  # each (B, gates, 1, 1)
+            modulation = (gamma, beta)
+        out, state = self.cell(q, state, modulation)
         return self.head(out), state
 
     def output(self, state) -> torch.Tensor | None:

@@ -282,7 +282,7 @@ class STEPModel(nn.Module):
             # Eqs. 5-9: refine into P_t
             if state is None and t == 0:
                 state = self.refiner.start(q)
-            logit, state = self.refiner.step(q, state)  # (B, 1, S/4, S/4)
+            logit, state = self.refiner.step(q, state, s)  # (B, 1, S/4, S/4); s_t only read with refiner_text=film
             prev = torch.sigmoid(logit) if self.feedback_grad else torch.sigmoid(logit).detach()
             qs.append(q)
             step_logits.append(logit)
