@@ -61,6 +61,22 @@ def test_logistic_fit_separates_and_balances():
         fit_logistic(z, torch.ones(1000))
 
 
+def test_logistic_fit_gives_a_constant_feature_no_weight():
+    """A feature constant up to rounding (max Q_t under q_norm=minmax) must not get a huge weight:
+    the bundled model's first head did, and bf16 rounding flipped its decisions."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.cat([torch.ones(300), torch.zeros(300)])
+    z = torch.randn(600, 3, generator=g)
+    z[:, 0] += 2 * y  # informative
+    z[:, 1] = 10 + 1e-6 * torch.randn(600, generator=g) + 1e-6 * y  # "constant" 10, noise tied to y
+    w, b = fit_logistic(z, y)
+    assert w[1] == 0 and w[0] > 0.5
+    assert w.abs().max() < 10 and abs(b) < 10
+    nudged = z.clone()
+    nudged[:, 1] += 0.04  # a bf16 rounding step of 10
+    assert torch.equal(nudged @ w + b >= 0, z @ w + b >= 0)
+
+
 def test_operating_point_keeps_the_asked_share_of_targets():
     scores = torch.arange(100, dtype=torch.float32)  # w^T z of 100 target expressions
     b = bias_for_target_acc(scores, 0.95)

@@ -54,20 +54,41 @@ def test_head_reads_only_valid_cells():
     valid = torch.zeros(1, 6, 6, dtype=torch.bool)
     valid[:, :3, :4] = True
     hidden, logits = torch.randn(1, 4, 6, 6), torch.randn(1, 1, 6, 6)
-    qs = [torch.rand(1, 1, 6, 6) for _ in range(2)]
-    before = head(hidden, logits, qs, valid)
+    peaks = torch.rand(1, 2)
+    before = head(hidden, logits, peaks, valid)
     hidden2, logits2 = hidden.clone(), logits.clone()
     hidden2[:, :, 3:] = 100.0  # padding changes, valid cells do not
     logits2[:, :, :, 4:] = -100.0
-    qs2 = [q.clone().index_fill_(2, torch.tensor([5]), 7.0) for q in qs]
-    assert torch.allclose(before, head(hidden2, logits2, qs2, valid))
-    z = head.features(hidden, logits, qs, valid)
+    assert torch.allclose(before, head(hidden2, logits2, peaks, valid))
+    z = head.features(hidden, logits, peaks, valid)
     assert torch.allclose(z[0, :4], hidden[0, :, :3, :4].mean(dim=(1, 2)))
     assert torch.allclose(z[0, 4:8], hidden[0, :, :3, :4].amax(dim=(1, 2)))
     assert torch.allclose(z[0, 8], logits[0, 0, :3, :4].max())
-    assert torch.allclose(z[0, 10], qs[0][0, 0, :3, :4].max())
+    assert torch.equal(z[0, 10:], peaks[0])
+    q = torch.rand(1, 1, 6, 6)
+    q[0, 0, 5, 5] = 9.0  # padding
+    assert torch.equal(MatchHead.peak(q, valid), q[:, 0, :3, :4].amax(dim=(1, 2))[:, None])
     with pytest.raises(ValueError, match="ConvRNN output"):
-        head(None, logits, qs, valid)
+        head(None, logits, peaks, valid)
+    with pytest.raises(ValueError, match=r"peaks of shape \(1, 2\)"):
+        head(hidden, logits, torch.rand(1, 3), valid)
+
+
+@pytest.mark.parametrize("q_norm", ["none", "minmax"])
+def test_head_reads_eq4_peaks_before_the_normalisation(q_norm):
+    """peak_t = max of Eq. 4's heatmap over the valid cells of level l_t, before q_norm and q_scale
+    (after minmax every peak would be 1: no information, only rounding)."""
+    model = tiny_model(q_norm=q_norm, q_scale=10.0, q_leak=0.1)
+    seen = {}
+    model.match.register_forward_hook(lambda m, args, out: seen.update(peaks=args[2]))
+    images, tokens = torch.randn(2, 3, 64, 64), torch.randint(1, 30, (2, 4))
+    valid = torch.tensor([[64, 40], [50, 64]])
+    with torch.no_grad():
+        out = model(images, tokens, valid, return_intermediates=True)
+    expected = torch.stack([torch.stack([torch.where(c > 0, c, 0.1 * c)[b, 0][m[b]].max() for b in range(2)])
+                            for c, m in zip(out.cosines, out.masks, strict=True)], dim=1)  # (B, T)
+    torch.testing.assert_close(seen["peaks"], expected)
+    assert seen["peaks"].std() > 1e-3  # informative, not a constant
 
 
 def test_head_uses_the_final_convrnn_output():

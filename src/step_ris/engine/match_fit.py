@@ -65,13 +65,21 @@ def match_features(model: STEPModel, dataset: ReferDataset, indices: list[int], 
     return torch.cat(rows), labels
 
 
+MIN_RELATIVE_SPREAD = 1e-3  # below this std / max(|mean|, 1) a feature counts as constant
+
+
 def fit_logistic(z: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, iters: int = 200) -> tuple[torch.Tensor, float]:
     """Class-balanced logistic regression of y (N,) in {0, 1} on z (N, D): (w (D,), b) in z's own units."""
     if not (y == 0).any() or not (y == 1).any():
         raise ValueError("fitting the no-target decision needs both no-target and target expressions; "
                          "use a generalized set (e.g. ShapesRef-g: step-ris data shapesref --generalized)")
-    mean, std = z.mean(0), z.std(0).clamp_min(1e-6)
-    x = (z - mean) / std
+    mean, std = z.mean(0), z.std(0)
+    # A feature that is constant up to rounding on the fit set (max Q_t is always 1 x q_scale under
+    # q_norm=minmax) carries no information: standardised, its rounding noise got weights of 1e5 and
+    # decisions that flipped under bf16 (docs/benchmarks.md, bf16 parity). It gets weight 0.
+    informative = std > MIN_RELATIVE_SPREAD * mean.abs().clamp_min(1.0)
+    std = torch.where(informative, std, torch.ones_like(std))
+    x = torch.where(informative, (z - mean) / std, torch.zeros_like(z))
     weights = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())
     w = torch.zeros(z.shape[1], requires_grad=True)
     b = torch.zeros((), requires_grad=True)
@@ -86,7 +94,7 @@ def fit_logistic(z: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, iters: i
 
     with torch.enable_grad():
         opt.step(closure)
-    w_raw = (w / std).detach()
+    w_raw = torch.where(informative, w / std, torch.zeros_like(w)).detach()
     return w_raw, float(b.detach() - (w_raw * mean).sum())
 
 
@@ -136,7 +144,8 @@ def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: in
               "trained_on": cfg.data.dataset, "samples": len(indices), "seed": seed, "target_acc": target_acc,
               "no_target": int((y == 0).sum()), "target": int((y == 1).sum()),
               "N-acc (fit set)": float((decided[y == 0] == 0).float().mean()),
-              "T-acc (fit set)": float((decided[y == 1] == 1).float().mean())}
+              "T-acc (fit set)": float((decided[y == 1] == 1).float().mean()),
+              "constant features (weight 0)": int((w == 0).sum()), "features": int(w.numel())}
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset.dataset_name,
                                                             root=str(dataset.data.root)))
     out = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}

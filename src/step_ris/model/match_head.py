@@ -5,13 +5,16 @@ An extension for generalized referring segmentation (GRES, gRefCOCO), not part o
 second network: it reads what STEP's grouping already computed, pooled over the valid cells of the
 refiner grid,
 
-    z = [ mean(h_T), max(h_T), max(P_T logit), mean(sigmoid(P_T)), max(Q_1), ..., max(Q_T) ]
+    z = [ mean(h_T), max(h_T), max(P_T logit), mean(sigmoid(P_T)), peak_1, ..., peak_T ]
     m = w^T z + b                                           (the "match" logit)
 
-where h_T is the ConvRNN's final output (Eqs. 5-9), P_T the final map and Q_t the STEP heatmaps
-(Eq. 4). ``sigmoid(m) >= 0.5`` means "something matches"; otherwise the prediction is the empty
-mask. It is trained with its own binary cross-entropy against "the expression has a target"
-(``train.match_weight``). ``model.match_head=false`` (every paper preset) leaves STEP as the paper has it.
+where h_T is the ConvRNN's final output (Eqs. 5-9), P_T the final map and peak_t the maximum of
+the STEP heatmap Q_t (Eq. 4) over the valid cells of its level, taken before ``q_norm`` and
+``q_scale``: how well the best region matches s_t. (After ``q_norm=minmax`` every peak is 1 up to
+rounding; a head that read those peaks fitted weights of 1e5 to the rounding, docs/benchmarks.md.)
+``sigmoid(m) >= 0.5`` means "something matches"; otherwise the prediction is the empty mask. It is
+trained with its own binary cross-entropy against "the expression has a target" (``train.match_weight``).
+``model.match_head=false`` (every paper preset) leaves STEP as the paper has it.
 """
 
 from __future__ import annotations
@@ -45,10 +48,10 @@ class MatchHead(nn.Module):
         self.steps = steps
         self.linear = nn.Linear(2 * filters + 2 + steps, 1)
 
-    def features(self, hidden: torch.Tensor | None, logits: torch.Tensor, qs: list[torch.Tensor],
+    def features(self, hidden: torch.Tensor | None, logits: torch.Tensor, peaks: torch.Tensor,
                  valid: torch.Tensor) -> torch.Tensor:
-        """hidden: (B, F, H, W) or None; logits: (B, 1, H, W) of P_T; qs: T maps (B, 1, H, W);
-        valid: (B, H, W) bool cells of the refiner grid -> z (B, 2F + 2 + T) in float32."""
+        """hidden: (B, F, H, W) or None; logits: (B, 1, H, W) of P_T; peaks: (B, T) peak_t (see the module
+        docstring); valid: (B, H, W) bool cells of the refiner grid -> z (B, 2F + 2 + T) in float32."""
         valid = valid.unsqueeze(1)  # (B, 1, H, W)
         parts = []
         if self.filters:
@@ -58,10 +61,18 @@ class MatchHead(nn.Module):
             parts += [_masked_mean(h, valid), _masked_max(h, valid)]
         logit = logits.float()
         parts += [_masked_max(logit, valid), _masked_mean(torch.sigmoid(logit), valid)]
-        parts += [_masked_max(q.float(), valid) for q in qs]
+        if peaks.shape != (logit.shape[0], self.steps):
+            raise ValueError(f"MatchHead expects peaks of shape ({logit.shape[0]}, {self.steps}), "
+                             f"got {tuple(peaks.shape)}")
+        parts.append(peaks.float())
         return torch.cat(parts, dim=1)
 
-    def forward(self, hidden: torch.Tensor | None, logits: torch.Tensor, qs: list[torch.Tensor],
+    def forward(self, hidden: torch.Tensor | None, logits: torch.Tensor, peaks: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
         """The match logit m (B,) (see :meth:`features` for the inputs)."""
-        return self.linear(self.features(hidden, logits, qs, valid).to(self.linear.weight.dtype))[:, 0]
+        return self.linear(self.features(hidden, logits, peaks, valid).to(self.linear.weight.dtype))[:, 0]
+
+    @staticmethod
+    def peak(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """q: (B, 1, h, w) a heatmap of Eq. 4, valid: (B, h, w) bool -> (B, 1), its maximum over the valid cells."""
+        return _masked_max(q, valid.unsqueeze(1))

@@ -255,7 +255,7 @@ class STEPModel(nn.Module):
 
         prev = enc.maps[0].new_zeros(batch, 1, *refine_grid)  # P_0 (uniform softmax weights)
         state = None
-        step_logits, alphas, sims, qs, cosines = [], [], [], [], []
+        step_logits, alphas, sims, qs, cosines, peaks = [], [], [], [], [], []
         for t, level in enumerate(self.levels):
             # Eq. 1: the textual representation s_t
             if not self.use_ltr or (t == 0 and self.first_step == "final-state"):
@@ -275,6 +275,8 @@ class STEPModel(nn.Module):
                     cosines.append(cos)
             else:
                 q = self.fusion(level, enc.maps[level].expand(batch, -1, -1, -1), s)
+            if self.match is not None:  # the no-target decision reads Eq. 4's peak before q_norm / q_scale
+                peaks.append(self.match.peak(q, pixel_masks[level]))
             q = Q_NORMS[self.q_norm](q, pixel_masks[level].unsqueeze(1))
             q = q * self.q_scale
             if q.shape[-2:] != refine_grid:
@@ -291,7 +293,9 @@ class STEPModel(nn.Module):
                 sims.append(F.cosine_similarity(s.unsqueeze(1), text.states, dim=-1) * text.mask)  # (B, L)
         final = self.refiner.final(step_logits[-1], qs)  # (B, 1, S/4, S/4)
         logits = F.interpolate(final, size=(size, size), mode="bilinear", align_corners=False)  # Eq. 10
-        match = None if self.match is None else self.match(self.refiner.output(state), final, qs, pixel_masks[0])
+        match = None
+        if self.match is not None:
+            match = self.match(self.refiner.output(state), final, torch.cat(peaks, dim=1), pixel_masks[0])
         if not return_intermediates:
             return STEPOutput(logits=logits, levels=self.levels, match_logits=match)
         return STEPOutput(
