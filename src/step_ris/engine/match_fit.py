@@ -74,9 +74,10 @@ def fit_logistic(z: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, iters: i
         raise ValueError("fitting the no-target decision needs both no-target and target expressions; "
                          "use a generalized set (e.g. ShapesRef-g: step-ris data shapesref --generalized)")
     mean, std = z.mean(0), z.std(0)
-    # A feature that is constant up to rounding on the fit set (max Q_t is always 1 x q_scale under
-    # q_norm=minmax) carries no information: standardised, its rounding noise got weights of 1e5 and
-    # decisions that flipped under bf16 (docs/benchmarks.md, bf16 parity). It gets weight 0.
+    # A feature that is constant up to rounding on the fit set (a saturated max(h_T); max Q_t after
+    # q_norm=minmax, which the head read until it took Eq. 4's peaks) carries no information:
+    # standardised, its rounding got weights of 1e5 and decisions that flipped under bf16
+    # (docs/benchmarks.md, "Why the head was refitted"). It gets weight 0.
     informative = std > MIN_RELATIVE_SPREAD * mean.abs().clamp_min(1.0)
     std = torch.where(informative, std, torch.ones_like(std))
     x = torch.where(informative, (z - mean) / std, torch.zeros_like(z))
