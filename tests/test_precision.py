@@ -175,3 +175,30 @@ def test_predict_command_takes_precision(tiny, tmp_path, capsys, cpu):
     assert json.loads(capsys.readouterr().out)["files"]["out"] == str(tmp_path / "m.png")
     with pytest.raises(SystemExit):
         main(["predict", str(tiny["image"]), "x", "--precision", "fp16"])
+
+
+def test_auto_keeps_a_model_with_a_no_target_decision_on_fp32(cpu, caplog):
+    """bf16 moves the match head's decision (docs/benchmarks.md), so "auto" stays on fp32 for it."""
+    from step_ris.precision import model_precision
+
+    cpu(True)
+    with caplog.at_level(logging.INFO, logger="step_ris.precision"):
+        assert model_precision("auto", "cpu", match_head=True) is None
+        assert model_precision("auto", "cpu", match_head=False) is torch.bfloat16
+        assert model_precision("bf16", "cpu", match_head=True) is torch.bfloat16  # asked for: honoured
+    assert [r.getMessage() for r in caplog.records] == [
+        "precision auto: this model has a no-target decision, which bf16 moves (docs/benchmarks.md); running in fp32"]
+    bundled = Predictor.from_pretrained(precision="auto")  # the bundled model has a match head
+    assert bundled.config.model.match_head and bundled.dtype is None and bundled.precision == "fp32"
+
+
+def test_eval_command_auto_keeps_the_bundled_model_on_fp32(tmp_path, cpu):
+    from step_ris.data.shapesref import generate_shapesref
+
+    cpu(True)
+    root = tmp_path / "sr"
+    generate_shapesref(root, images=8, seed=4, size=128, progress=False)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", "shapes-cpu", "--dataset", "shapesref", "--root", str(root),
+                 "--split", "train", "--limit", "4", "--precision", "auto", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["precision"] == "fp32"

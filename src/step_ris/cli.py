@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
 
     from .data.dataset import ReferDataset
     from .engine.evaluate import evaluate, format_results
-    from .precision import resolve_precision
+    from .precision import model_precision, resolve_precision
     from .pretrained import load_pretrained
 
     if args.batch_size < 1:
@@ -123,6 +123,7 @@ def cmd_eval(args) -> int:
     device = args.device or "cpu"
     dtype = resolve_precision(args.precision, device)  # refused before the model loads
     loaded = load_pretrained(args.checkpoint, device=device)
+    dtype = model_precision(args.precision, device, match_head=loaded.model.match is not None)
     cfg = loaded.config
     dataset = ReferDataset(args.root, args.dataset, args.split, loaded.vocab, cfg.model.image_size,
                            max_words=cfg.model.max_words, blank_language=cfg.data.blank_language)

@@ -34,7 +34,7 @@ from .data.transforms import letterbox_image, unletterbox
 from .fileio import atomic_write_files, png_bytes
 from .model import STEPModel
 from .model.step import ImageEncoding
-from .precision import autocast, precision_name, resolve_precision
+from .precision import autocast, model_precision, precision_name
 from .text import UNK_ID, Vocabulary, tokenize
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,9 @@ class Predictor:
         device: where the model runs.
         batch_size: expressions per forward pass when several share an image.
         max_pixels: decompression-bomb limit for decoded images.
-        precision: "fp32" (default), "bf16" or "auto" (bf16 where the GPU / CPU runs it fast;
-            ``step_ris.precision``). Outputs are float32 either way.
+        precision: "fp32" (default), "bf16" or "auto" (bf16 where the GPU / CPU runs it fast, and
+            fp32 for a model with a no-target decision; ``step_ris.precision.model_precision``).
+            Outputs are float32 either way.
     """
 
     def __init__(self, model: STEPModel, vocab: Vocabulary, *, image_size: int, max_words: int = 20,
@@ -202,7 +203,7 @@ class Predictor:
         self.threshold = float(threshold)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self.dtype = resolve_precision(precision, self.device)  # None = float32
+        self.dtype = model_precision(precision, self.device, match_head=model.match is not None)  # None = float32
         self.precision = precision_name(self.dtype)
         self.source = ""
         self.scores: dict = {}
