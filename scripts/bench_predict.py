@@ -40,6 +40,7 @@ import torch
 from step_ris.config import apply_overrides, get_preset
 from step_ris.data.transforms import letterbox_image
 from step_ris.model import build_model
+from step_ris.precision import autocast
 from step_ris.predictor import Predictor
 from step_ris.text import Vocabulary
 
@@ -93,6 +94,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="expressions per forward pass (default 8)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measure (default 3)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="as for step-ris predict (default fp32)")
     parser.add_argument("--session-only", action="store_true",
                         help="only encode / full forward / new expression (skip the N-expression measures)")
     args = parser.parse_args()
@@ -101,7 +104,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     if args.model:
-        predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size)
+        predictor = Predictor.from_pretrained(args.model, batch_size=args.batch_size, precision=args.precision)
         words = [w for w in predictor.vocab.itos[2:] if w.isalpha()] or predictor.vocab.itos[2:]
         name = args.model
     else:
@@ -111,7 +114,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(cfg.model, len(vocab), load_backbone_weights=False)
         predictor = Predictor(model, vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, precision=args.precision)
         name = f"{args.preset} (random weights)"
     if args.image:
         rgb = predictor.load(args.image)
@@ -125,13 +128,13 @@ def main() -> None:
     def model_only(expression: str):
         """The model's share of a new expression: language side, Eqs. 1-9, Eq. 10; no post-processing."""
         ids = torch.tensor([predictor.prepare(expression).ids])
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(predictor.device, predictor.dtype):
             predictor.model(None, ids, torch.tensor([encoded.valid_hw]), features=encoded.encoding,
                             return_intermediates=True)
     fresh = itertools.cycle(" ".join(rng.choice(words, size=args.words)) for _ in range(64))  # a new one each call
 
     def encode():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(predictor.device, predictor.dtype):
             predictor.model.encode_image(tensor.unsqueeze(0))
 
     result = {
@@ -143,6 +146,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "repeat": args.repeat,
         "threads": torch.get_num_threads(),
+        "precision": predictor.precision,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         **paired({"encode_image": encode, "encode": lambda: predictor.encode(rgb),

@@ -1,0 +1,23 @@
+"""scripts/bench_predict.py runs and reports what it measured, in the precision asked for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bench_predict_reports_the_session_measures(precision):
+    out = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny", "--repeat", "1", "--session-only",
+                          "--threads", "1", "--precision", precision], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["precision"] == precision
+    for key in ("encode_ms", "full_forward_ms", "new_expression_ms", "model_expression_ms"):
+        assert result[key] > 0, key
+    assert result["new_vs_full"] == pytest.approx(result["new_expression_ms"] / result["full_forward_ms"], rel=0.05)
