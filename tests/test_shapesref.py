@@ -285,6 +285,27 @@ def _gen(out: Path, seed: int = 0, images: int = 8, **kw) -> Path:
     return out
 
 
+def test_extra_train_grows_only_train(tmp_path: Path) -> None:
+    """--extra-train appends train scenes; the first scenes, their splits and every val / test ref are
+    those of the same call without it (so fixed evaluation subsets do not move)."""
+    plain = _gen(tmp_path / "plain", seed=2, images=10)
+    grown = _gen(tmp_path / "grown", seed=2, images=10, extra_train=6)
+    a_inst, a_refs = load_shapesref(plain)
+    b_inst, b_refs = load_shapesref(grown)
+    assert b_inst["images"][:10] == a_inst["images"]
+    assert [im["split"] for im in b_inst["images"][10:]] == ["train"] * 6
+    assert b_inst["annotations"][:len(a_inst["annotations"])] == a_inst["annotations"]
+    assert b_refs[:len(a_refs)] == a_refs
+    assert all(r["split"] == "train" for r in b_refs[len(a_refs):]) and len(b_refs) > len(a_refs)
+    for name in (im["file_name"] for im in a_inst["images"]):
+        png = Path("images", "shapesref", name)
+        assert (plain / png).read_bytes() == (grown / png).read_bytes()
+    manifest = json.loads((grown / "shapesref_manifest.json").read_text())
+    assert manifest["extra_train"] == 6 and manifest["summary"]["images"]["train"] == \
+        json.loads((plain / "shapesref_manifest.json").read_text())["summary"]["images"]["train"] + 6
+    assert "extra_train" not in json.loads((plain / "shapesref_manifest.json").read_text())
+
+
 def test_default_size_and_no_occlusion(tmp_path: Path) -> None:
     summary = generate_shapesref(tmp_path / "d", 2, 1, progress=False, occlusion=False)
     assert summary["size"] == 320 and sum(summary["images"].values()) == 2
@@ -295,7 +316,7 @@ def test_default_size_and_no_occlusion(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"images": 0}, "images"), ({"images": 2.5}, "images"), ({"size": 63}, "size"), ({"seed": -1}, "seed"),
-    ({"split_ratios": {"train": 1.0}}, "split_ratios"),
+    ({"split_ratios": {"train": 1.0}}, "split_ratios"), ({"extra_train": -1}, "extra_train"),
 ])
 def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     args = {"out": tmp_path / "x", "images": 2, "seed": 0, "size": 64, **kwargs}

@@ -54,7 +54,7 @@ def cmd_data_shapesref(args) -> int:
 
     summary = generate_shapesref(Path(args.out), images=args.images, seed=args.seed, size=args.size,
                                  progress=not args.quiet, occlusion=not args.no_occlusion, overwrite=args.overwrite,
-                                 generalized=args.generalized)
+                                 generalized=args.generalized, extra_train=args.extra_train)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 
@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--images", type=int, required=True, help="number of scenes")
     q.add_argument("--seed", type=int, default=0, help="random seed (same seed: byte-identical files)")
     q.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
+    q.add_argument("--extra-train", type=int, default=0, metavar="N",
+                   help="append N more scenes, all in train; val and test stay those of the same call without it")
     q.add_argument("--no-occlusion", action="store_true", help="never let objects overlap")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier ShapesRef output in --out")
     q.add_argument("--generalized", action="store_true",

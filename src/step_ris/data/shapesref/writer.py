@@ -344,8 +344,13 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFAULT_SIZE, *,
                        progress: bool = True, occlusion: bool = True, overwrite: bool = False,
-                       split_ratios: Mapping[str, float] | None = None, generalized: bool = False) -> dict[str, Any]:
+                       split_ratios: Mapping[str, float] | None = None, generalized: bool = False,
+                       extra_train: int = 0) -> dict[str, Any]:
     """Generate ShapesRef and ShapesRef+ under ``out`` (REFER layout); returns a summary.
+
+    ``extra_train`` appends that many more scenes, all in the train split, after the ``images``
+    scenes: the first ``images`` scenes, their splits, ids and sentences (so val, testA and testB
+    and the fixed evaluation subsets) are those of the same call without it, and only train grows.
 
     ``generalized=True`` also writes ShapesRef-g (``shapesref-g/``, gRefCOCO layout): ShapesRef's refs
     plus no-target and multi-target ones (``NO_TARGET_SHARE`` and ``MULTI_TARGET_SHARE`` of the
@@ -361,6 +366,7 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     and families per split), ``seconds``, ``images_per_second``, plus the arguments.
     """
     images = _check_int("images", images, 1)
+    extra_train = _check_int("extra_train", extra_train, 0)
     seed = _check_int("seed", seed, 0)
     size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
     ratios = _check_ratios(split_ratios)
@@ -368,7 +374,8 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
         raise ValueError(f"generalized must be True or False, got {generalized!r}")
     out = Path(out)
     _check_out(out, overwrite)
-    splits = _assign_splits(images, seed, ratios)
+    splits = _assign_splits(images, seed, ratios) + ["train"] * extra_train
+    total = images + extra_train
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(OUTPUT_DIR_MODE)  # mkdtemp makes it private; the dataset is not
@@ -377,14 +384,16 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
         (tmp / IMAGE_SUBDIR).mkdir(parents=True)
         builder, balancer = _Builder(), FamilyBalancer()
         g_balancer, quota = FamilyBalancer(), GeneralizedQuota()
-        width = max(6, len(str(images)))
-        for index in tqdm(range(images), total=images, disable=not progress, desc="shapesref", unit="img"):
+        width = max(6, len(str(total)))
+        for index in tqdm(range(total), total=total, disable=not progress, desc="shapesref", unit="img"):
             scene, key, objects, planned = _generate_image(seed, index, size, splits[index], occlusion, balancer)
             file_name = f"shapesref_{index:0{width}d}.png"
             (tmp / IMAGE_SUBDIR / file_name).write_bytes(_png_bytes(render_scene(scene)[0]))
             extra = _generalized_refs(key, objects, splits[index], planned, g_balancer, quota) if generalized else None
             builder.add_image(file_name, scene, splits[index], key, objects, planned, extra)
         params = {"images": images, "seed": seed, "size": size, "occlusion": occlusion, "split_ratios": ratios}
+        if extra_train:  # only then: the manifest of a run without it stays byte-identical
+            params["extra_train"] = extra_train
         summary = _summary(builder, splits)
         grefs = builder.final_grefs() if generalized else None
         if generalized:  # only then: the manifest of a plain run stays byte-identical
@@ -398,8 +407,8 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
         raise
     seconds = time.perf_counter() - start
     result = {"out": str(out), **params, "generalized": generalized, **summary, "seconds": round(seconds, 3),
-              "images_per_second": round(images / seconds, 2) if seconds > 0 else float("inf")}
-    log.info("ShapesRef: %d images (%s) at %d px in %.1f s (%.1f images/s) -> %s", images,
+              "images_per_second": round(total / seconds, 2) if seconds > 0 else float("inf")}
+    log.info("ShapesRef: %d images (%s) at %d px in %.1f s (%.1f images/s) -> %s", total,
              ", ".join(f"{s} {n}" for s, n in summary["images"].items()), size, seconds,
              result["images_per_second"], out)
     return result
