@@ -9,7 +9,9 @@ Evaluates the run's last.pt on val, testA and testB of ShapesRef (a seeded subse
 expressions each; 0 = all), then writes model.safetensors, config.json, vocab.json and
 scores.json (the measured metrics, the training step and minutes) with `export_pretrained`.
 ``--also DATASET=ROOT`` scores the same splits of another set too (under ``scores["also"]``), e.g.
-the single-target ShapesRef for a model trained on ShapesRef-g.
+the single-target ShapesRef for a model trained on ShapesRef-g. A fine-tuned run's card names what
+it started from: ``train.init_from`` with its steps, expressions and training minutes (read from that
+checkpoint when it is at hand) and ``--init-note``, a few words on what that model was.
 """
 
 from __future__ import annotations
@@ -27,6 +29,19 @@ from step_ris.engine.evaluate import evaluate, format_results
 from step_ris.pretrained import export_pretrained, file_sha256, load_pretrained
 
 
+def init_summary(init_from: str, note: str = "") -> dict:
+    """What a fine-tuned model started from, for its card: the init's name (with ``note``) and, when
+    the init is a run folder or checkpoint at hand, its steps, expressions seen and training minutes."""
+    out: dict = {"model": f"{init_from} ({note})" if note else init_from}
+    path = Path(init_from)
+    path = path / "last.pt" if path.is_dir() else path
+    if path.is_file():
+        ckpt = load_checkpoint(path)
+        out.update(steps=ckpt["step"], expressions_seen=ckpt["step"] * ckpt["config"]["train"]["batch_size"],
+                   training_minutes=round(ckpt["train_seconds"] / 60, 1))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True)
@@ -36,6 +51,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--also", action="append", default=[], metavar="DATASET=ROOT",
                    help="score val/testA/testB of this set too (repeatable)")
+    p.add_argument("--init-note", default="",
+                   help="for a fine-tuned run: a few words on the model it started from, shown on the card")
     args = p.parse_args()
     also = []
     for item in args.also:
@@ -55,7 +72,7 @@ def main() -> None:
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
               "limit": args.limit, "splits": {}}
     if cfg.train.init_from:  # fine-tuned: the card names what it started from
-        scores["init"] = {"model": cfg.train.init_from}
+        scores["init"] = init_summary(cfg.train.init_from, args.init_note)
     if "match_fit" in ckpt:  # a no-target decision fitted after training (scripts/fit_match_head.py)
         scores["match_fit"] = ckpt["match_fit"]
 
