@@ -230,3 +230,23 @@ def test_images_decoded_in_a_worker_give_the_same_scores(shapes):
     model, data, _ = _model_and_dataset(shapes)
     kw = dict(batch_size=4, limit=10, progress=False, per_sample=True)
     assert evaluate(model, data, **kw, workers=1) == evaluate(model, data, **kw)
+
+
+def test_a_saved_feature_cache_is_used_memory_mapped(shapes, tmp_path):
+    """Once written, the cache is read back from its file (mapped, so the OS can reclaim the pages of a
+    large set) with exactly the values computed, and a second run loads it instead of recomputing."""
+    model, data, in_memory = _model_and_dataset(shapes, frozen=True)
+    path = tmp_path / "features.pt"
+    cache = FeatureCache(model.visual.backbone, data, batch_size=4, progress=False, cache_file=path)
+    maps = Path("/proc/self/maps")
+    if maps.is_file():
+        assert str(path) in maps.read_text()
+    assert all(torch.equal(a, b) for a, b in zip(cache.levels, in_memory.levels, strict=True))
+    assert torch.equal(cache.valid_hw, in_memory.valid_hw) and cache.rows == in_memory.rows
+
+    class Refuse(torch.nn.Module):
+        def forward(self, images):
+            raise AssertionError("the saved cache should have been loaded")
+
+    again = FeatureCache(Refuse(), data, batch_size=4, progress=False, cache_file=path)
+    assert all(torch.equal(a, b) for a, b in zip(again.levels, in_memory.levels, strict=True))
