@@ -2,9 +2,10 @@
 
 With ``model.freeze_backbone`` the five taps of an image never change, and every image has
 several sentences, so training and evaluation read the taps (float16) instead of decoding the
-image and running the backbone again. A cache kept on disk is used memory-mapped, so a large set
-sits in page cache that the OS can reclaim rather than in the process's own memory. This is what
-makes the CPU presets ~4x faster (docs/recipes.md). The cache holds taps *without* coordinates (added per batch).
+image and running the backbone again: this is what makes the CPU presets ~4x faster
+(docs/recipes.md). The cache holds taps *without* coordinates (added per batch). A cache kept on
+disk is used memory-mapped, so a large set sits in page cache that the OS can reclaim rather than
+in the process's own memory.
 """
 
 from __future__ import annotations
