@@ -37,8 +37,13 @@ def init_summary(init_from: str, note: str = "") -> dict:
     path = path / "last.pt" if path.is_dir() else path
     if path.is_file():
         ckpt = load_checkpoint(path)
-        out.update(steps=ckpt["step"], expressions_seen=ckpt["step"] * ckpt["config"]["train"]["batch_size"],
-                   training_minutes=round(ckpt["train_seconds"] / 60, 1))
+        step, batch = ckpt.get("step"), ckpt["config"].get("train", {}).get("batch_size")
+        if isinstance(step, int):  # a checkpoint written back from a model folder may carry neither
+            out["steps"] = step
+            if isinstance(batch, int):
+                out["expressions_seen"] = step * batch
+        if isinstance(ckpt.get("train_seconds"), (int, float)):
+            out["training_minutes"] = round(ckpt["train_seconds"] / 60, 1)
     return out
 
 

@@ -306,6 +306,18 @@ def test_extra_train_grows_only_train(tmp_path: Path) -> None:
     assert "extra_train" not in json.loads((plain / "shapesref_manifest.json").read_text())
 
 
+def test_extra_train_keeps_the_generalized_refs_up_to_their_ids(tmp_path: Path) -> None:
+    plain = _gen(tmp_path / "plain", seed=2, images=10, generalized=True)
+    grown = _gen(tmp_path / "grown", seed=2, images=10, extra_train=4, generalized=True)
+
+    def content(root: Path) -> list[tuple]:
+        _, grefs = load_shapesref(root, "shapesref-g")
+        return [(r["image_id"], r["split"], r["ann_id"], r["no_target"], [x["raw"] for x in r["sentences"]])
+                for r in grefs if r["image_id"] <= 10]
+
+    assert content(grown) == content(plain) and any(r[3] for r in content(plain))
+
+
 def test_default_size_and_no_occlusion(tmp_path: Path) -> None:
     summary = generate_shapesref(tmp_path / "d", 2, 1, progress=False, occlusion=False)
     assert summary["size"] == 320 and sum(summary["images"].values()) == 2

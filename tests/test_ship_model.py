@@ -28,3 +28,10 @@ def test_init_summary_reads_the_init_run(tmp_path):
 def test_init_summary_of_an_init_not_at_hand(tmp_path):
     assert ship_model.init_summary("shapes-cpu") == {"model": "shapes-cpu"}
     assert ship_model.init_summary(str(tmp_path / "gone"), "a note") == {"model": f"{tmp_path / 'gone'} (a note)"}
+
+
+def test_init_summary_of_a_checkpoint_without_training_counters(tmp_path):
+    """A model folder written back as a checkpoint has no step or training time: the card names it only."""
+    path = tmp_path / "bundled.pt"
+    torch.save({"format": FORMAT, "model": {"w": torch.zeros(1)}, "config": {"model": {}}}, path)
+    assert ship_model.init_summary(str(path)) == {"model": str(path)}

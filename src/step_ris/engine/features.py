@@ -77,8 +77,8 @@ class FeatureCache:
             except OSError as e:  # a read-only data folder: train on without the disk copy
                 log.warning("could not keep the feature cache at %s (%s); it will be recomputed next time",
                             cache_file, e.strerror or e)
-            else:  # use the memory-mapped file: page cache the OS can reclaim, not private memory (11.8 GB
-                self._load(Path(cache_file), list(first_sample))  # for 20,400 scenes at S = 128)
+            else:  # train from the memory-mapped file: page cache the OS can reclaim, not private memory
+                self._load(Path(cache_file), list(first_sample))
 
     def _load(self, path: Path, image_ids: list[int]) -> bool:
         """Reuse features saved by an earlier run when they cover exactly these images."""

@@ -351,6 +351,9 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     ``extra_train`` appends that many more scenes, all in the train split, after the ``images``
     scenes: the first ``images`` scenes, their splits, ids and sentences (so val, testA and testB
     and the fixed evaluation subsets) are those of the same call without it, and only train grows.
+    With ``generalized=True`` the ShapesRef-g refs keep their content and order, but the new
+    (no-target and multi-target) refs are numbered after the last annotation and sentence, so
+    their ``ref_id`` and ``sent_ids`` move.
 
     ``generalized=True`` also writes ShapesRef-g (``shapesref-g/``, gRefCOCO layout): ShapesRef's refs
     plus no-target and multi-target ones (``NO_TARGET_SHARE`` and ``MULTI_TARGET_SHARE`` of the
