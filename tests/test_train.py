@@ -92,23 +92,61 @@ def test_run_folder_contents_and_eval_json(shapes, tmp_path):
     assert r["checkpoint"]["step"] == 4 and len(r["checkpoint"]["sha256"]) == 64
 
 
-def test_nan_loss_stops_with_a_message(shapes, tmp_path, monkeypatch):
+def _poison_losses(monkeypatch, bad_calls):
+    """Make the reported loss of the given segmentation_loss calls (1-based) NaN."""
     real = train_module.segmentation_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         loss, parts = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if bad_calls(calls["n"]):
             parts["loss"] = float("nan")
         return loss, parts
 
     monkeypatch.setattr(train_module, "segmentation_loss", poisoned)
-    with pytest.raises(TrainingError, match="loss or its gradient became nan at step 2"):
-        train(tiny(shapes, "train.iters=10", "train.checkpoint_every=1"), tmp_path / "run", progress=False)
+
+
+def test_a_non_finite_step_is_skipped_and_training_goes_on(shapes, tmp_path, monkeypatch, caplog):
+    _poison_losses(monkeypatch, lambda n: n == 3)
+    before = {}
+
+    real_step = train_module.train_step
+
+    def watched(run, batch):
+        if run.step == 2:
+            before.update({k: v.clone() for k, v in run.model.state_dict().items()})
+        parts, result = real_step(run, batch)
+        if run.step == 3:  # the skipped step left every weight as it was
+            assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+        return parts, result
+
+    monkeypatch.setattr(train_module, "train_step", watched)
+    with caplog.at_level("WARNING", logger="step_ris.engine.train"):
+        result = train(tiny(shapes, "train.iters=6", "train.checkpoint_every=100"), tmp_path / "run", progress=False)
+    assert "the loss became nan at step 2; skipped this update (1 in a row" in caplog.text
+    assert before, "step 2 was never reached"
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["step"] == 2  # the last good state
+    assert ckpt["step"] == 6 and ckpt["history"][-1]["skipped_updates"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert result["n"] > 0
+
+
+def test_non_finite_steps_in_a_row_stop_with_a_message(shapes, tmp_path, monkeypatch):
+    _poison_losses(monkeypatch, lambda n: n >= 3)
+    cfg = tiny(shapes, "train.iters=10", "train.checkpoint_every=1", "train.nonfinite_skips=2")
+    with pytest.raises(TrainingError, match=r"the loss became nan at step 4 \(3 steps in a row\); the last good"):
+        train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 4  # after two skipped updates: still the weights of step 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_non_finite_gradient_is_named_as_such(shapes, tmp_path, monkeypatch):
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: real(*a, **k) * float("inf"))
+    with pytest.raises(TrainingError, match=r"the gradient norm became inf \(loss \d+\.\d+\) at step 0; "):
+        train(tiny(shapes, "train.iters=4", "train.nonfinite_skips=0"), tmp_path / "run", progress=False)
 
 
 def test_sigterm_saves_and_exits_cleanly(shapes, tmp_path):

@@ -112,6 +112,7 @@ class TrainConfig:
     sentences_per_image: int = 1  # K > 1: a batch is B/K images x K of their sentences, each image encoded once
     compile: bool = False  # torch.compile the model (CUDA mainly; off by default)
     grad_clip: float = 0.0  # 0 = off
+    nonfinite_skips: int = 3  # a step whose loss or gradient is not finite is skipped; stop after more in a row
     seed: int = 0
     log_every: int = 20
     eval_every: int = 0  # steps between evaluations; 0 = only at the end

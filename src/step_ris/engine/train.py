@@ -101,6 +101,8 @@ class Run:
     train_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     precision: torch.dtype | None = None  # the autocast dtype (None: float32)
+    bad_steps: int = 0  # consecutive steps whose loss or gradient was not finite (train.nonfinite_skips)
+    skipped_steps: int = 0  # updates skipped for that reason in this invocation
 
     @property
     def expressions_seen(self) -> int:
@@ -334,17 +336,30 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         parts["match"] = float(matched.detach())
         parts["loss"] = float(loss.detach())
     run.optimizer.zero_grad(set_to_none=True)
-    bad = not math.isfinite(parts["loss"])
-    if not bad:
+    problem = "" if math.isfinite(parts["loss"]) else f"the loss became {parts['loss']}"
+    if not problem:
         loss.backward()
         if diagnose:
             _write_diagnostics(run.out, run.writer, run.step + 1, {**heatmap_stats(result), **gradient_norms(model)})
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip if t.grad_clip > 0 else math.inf)
-        bad = not bool(torch.isfinite(grad_norm))
-    if any_rank(bad, run.world, device):
-        raise TrainingError(f"the loss or its gradient became {parts['loss']} at step {run.step}; the last "
-                            f"good checkpoint is {run.out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
-                            "or use train.precision=fp32")
+        if not bool(torch.isfinite(grad_norm)):
+            problem = f"the gradient norm became {float(grad_norm)} (loss {parts['loss']:.4f})"
+    if any_rank(bool(problem), run.world, device):
+        problem = problem or "another rank's loss or gradient was not finite"
+        run.bad_steps += 1
+        if run.bad_steps > t.nonfinite_skips:
+            raise TrainingError(f"{problem} at step {run.step}"
+                                f"{f' ({run.bad_steps} steps in a row)' if run.bad_steps > 1 else ''}; the last good "
+                                f"checkpoint is {run.out / 'last.pt'}. Lower train.lr, set train.grad_clip, "
+                                "or use train.precision=fp32")
+        # one bad batch (bf16 rounding, a rare extreme sample) does not end a long run: skip its update
+        log.warning("%s at step %d; skipped this update (%d in a row, train.nonfinite_skips=%d)",
+                    problem, run.step, run.bad_steps, t.nonfinite_skips)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.skipped_steps += 1
+        run.step += 1
+        return parts, result
+    run.bad_steps = 0
     run.optimizer.step()
     run.step += 1
     return parts, result
@@ -360,6 +375,8 @@ def evaluate_and_log(run: Run, progress: bool) -> dict[str, Any]:
               **{k: result[k] for k in ("oIoU", "mIoU", "prec@0.5", "prec@0.6", "prec@0.7", "prec@0.8", "prec@0.9",
                                         "n")},
               "by_family": {f: r["oIoU"] for f, r in result.get("by_family", {}).items()}}
+    if run.skipped_steps:  # updates skipped for a non-finite loss or gradient (train.nonfinite_skips)
+        record["skipped_updates"] = run.skipped_steps
     if "references" in result:
         record["references"] = {k: v["oIoU"] for k, v in result["references"].items()}
     if result.get("n_no_target"):  # generalized data: the GRES metrics too (engine/gres.py)
