@@ -250,3 +250,19 @@ def test_a_saved_feature_cache_is_used_memory_mapped(shapes, tmp_path):
 
     again = FeatureCache(Refuse(), data, batch_size=4, progress=False, cache_file=path)
     assert all(torch.equal(a, b) for a, b in zip(again.levels, in_memory.levels, strict=True))
+
+
+def test_the_cache_feeds_the_backbone_channels_last_with_the_same_taps(shapes):
+    """The default build (8 images a call, NHWC input: scripts/bench_cache.py) gives the taps of an
+    NCHW build of 32 images a call, to float rounding, and it really hands the backbone NHWC images."""
+    model, data, _ = _model_and_dataset(shapes, frozen=True)
+    seen = []
+    hook = model.visual.backbone.register_forward_pre_hook(
+        lambda _m, args: seen.append((len(args[0]), args[0].is_contiguous(memory_format=torch.channels_last))))
+    fast = FeatureCache(model.visual.backbone, data, progress=False)
+    hook.remove()
+    plain = FeatureCache(model.visual.backbone, data, batch_size=32, channels_last=False, progress=False)
+    assert seen and all(nhwc for _, nhwc in seen) and max(n for n, _ in seen) == 8
+    for a, b in zip(fast.levels, plain.levels, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-3, atol=2e-3)
+    assert torch.equal(fast.valid_hw, plain.valid_hw) and fast.rows == plain.rows
