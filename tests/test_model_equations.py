@@ -1,5 +1,6 @@
 """Each equation of the paper against a direct, loop-based computation on tiny tensors."""
 
+import copy
 import math
 
 import pytest
@@ -280,3 +281,33 @@ def test_refiner_film_reads_s_t_and_starts_as_the_paper():
 def test_refiner_text_bad_settings_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Refiner(filters=3, **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["convgru", "convlstm"])
+def test_the_first_step_skips_the_recurrent_convolutions_and_equals_the_zero_state(cell):
+    """Refiner.start is the zero state; the first step then runs no recurrent convolution (they
+    would only add zeros) and gives the outputs, state and gradients of explicit zero tensors."""
+    torch.manual_seed(8)
+    fast = Refiner(cell=cell, filters=4, kernel=3).double()
+    if cell == "convlstm":  # non-zero peepholes, so the c terms count
+        torch.nn.init.normal_(fast.cell.peephole)
+    slow = copy.deepcopy(fast)
+    q = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    recurrent = [m for name, m in fast.cell.named_children() if name.startswith("hidden")]
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1)) for m in recurrent]
+    assert fast.start(q) is None
+    logits, state = fast.step(q, fast.start(q))
+    assert calls == []
+    logits2, _ = fast.step(q, state)  # the second step does run them
+    assert len(calls) == len(recurrent)
+    for hook in hooks:
+        hook.remove()
+    ref_logits, ref_state = slow.step(q, slow.cell.initial_state(q))
+    ref_logits2, _ = slow.step(q, ref_state)
+    torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits2, ref_logits2, rtol=0, atol=1e-12)
+    (logits.sum() + logits2.sum()).backward()
+    (ref_logits.sum() + ref_logits2.sum()).backward()
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12, msg=name)

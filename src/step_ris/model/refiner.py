@@ -59,12 +59,15 @@ class ConvGRUCell(nn.Module):
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, modulation=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C_in, H, W); h: (B, F, H, W) -> (output h_t, new state h_t).
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None, modulation=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C_in, H, W); h: (B, F, H, W), or None for the zero state -> (output h_t, new state h_t).
 
         modulation: None, or (gamma, beta) each (B, 3F, 1, 1) applied to W^* * x_t (see the module docstring).
         """
         wf, wz, wh = _modulate(self.input_gates(x), modulation).chunk(3, dim=1)
+        if h is None:  # h_0 = 0 (Refiner.start): R^f h, R^z h and R^h (f . h) vanish, so skip them
+            h = (1 - torch.sigmoid(wz)) * torch.tanh(wh)  # (6)-(8) with h_{t-1} = 0
+            return h, h
         rf, rz = self.hidden_gates(h).chunk(2, dim=1)
         f = torch.sigmoid(rf + wf)  # (5)
         z = torch.sigmoid(rz + wz)  # (6)
@@ -89,13 +92,17 @@ class ConvLSTMCell(nn.Module):
         zeros = x.new_zeros(x.shape[0], self.filters, *x.shape[-2:])
         return zeros, zeros
 
-    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], modulation=None):
-        """x: (B, C_in, H, W); state (h, c) each (B, F, H, W) -> (h_t, (h_t, c_t)).
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None, modulation=None):
+        """x: (B, C_in, H, W); state (h, c) each (B, F, H, W), or None for the zero state -> (h_t, (h_t, c_t)).
 
         modulation: None, or (gamma, beta) each (B, 4F, 1, 1) applied to W_x * x_t (see the module docstring).
         """
-        h, c = state
         xi, xf, xc, xo = _modulate(self.input_gates(x), modulation).chunk(4, dim=1)
+        if state is None:  # (h_0, c_0) = 0 (Refiner.start): W_h * h and the c_{t-1} terms vanish, so skip them
+            c = torch.sigmoid(xi) * torch.tanh(xc)
+            h = torch.sigmoid(xo + self.peephole[2] * c) * torch.tanh(c)
+            return h, (h, c)
+        h, c = state
         hi, hf, hc, ho = self.hidden_gates(h).chunk(4, dim=1)
         i = torch.sigmoid(xi + hi + self.peephole[0] * c)
         f = torch.sigmoid(xf + hf + self.peephole[1] * c)
@@ -172,7 +179,9 @@ class Refiner(nn.Module):
         self.cell.input_gates.weight.mul_(gain)
 
     def start(self, q: torch.Tensor):
-        return None if self.cell is None else self.cell.initial_state(q)
+        """The state before the first step: None, the ConvRNN's zero state (the cells then skip their
+        recurrent convolutions, which would only add zeros: 1 of T of them at inference, exactly)."""
+        return None
 
     def step(self, q: torch.Tensor, state, text: torch.Tensor | None = None):
         """q: (B, 1, H, W), text: s_t (B, D) (used with ``text="film"``) -> logits of P_t (B, 1, H, W), new state."""
