@@ -40,6 +40,7 @@ import torch
 from step_ris.config import apply_overrides, get_preset
 from step_ris.data.transforms import letterbox_image
 from step_ris.model import build_model
+from step_ris.model.refiner import Refiner
 from step_ris.precision import autocast
 from step_ris.predictor import Predictor
 from step_ris.text import Vocabulary
@@ -98,7 +99,12 @@ def main() -> None:
                         help="as for step-ris predict (default fp32)")
     parser.add_argument("--session-only", action="store_true",
                         help="only encode / full forward / new expression (skip the N-expression measures)")
+    parser.add_argument("--zero-state-tensors", action="store_true",
+                        help="the path before session 9: the ConvRNN starts from zero tensors and runs its "
+                             "recurrent convolutions on the first step too (to time what skipping them saves)")
     args = parser.parse_args()
+    if args.zero_state_tensors:
+        Refiner.start = lambda self, q: None if self.cell is None else self.cell.initial_state(q)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -147,6 +153,7 @@ def main() -> None:
         "repeat": args.repeat,
         "threads": torch.get_num_threads(),
         "precision": predictor.precision,
+        "first_step": "zero tensors (before session 9)" if args.zero_state_tensors else "skips recurrent convolutions",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         **paired({"encode_image": encode, "encode": lambda: predictor.encode(rgb),

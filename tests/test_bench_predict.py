@@ -12,12 +12,14 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_predict.py"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_bench_predict_reports_the_session_measures(precision):
+@pytest.mark.parametrize(("precision", "before"), [("fp32", False), ("bf16", True)])
+def test_bench_predict_reports_the_session_measures(precision, before):
     out = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny", "--repeat", "1", "--session-only",
-                          "--threads", "1", "--precision", precision], capture_output=True, text=True, check=True)
+                          "--threads", "1", "--precision", precision, *(["--zero-state-tensors"] if before else [])],
+                         capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)
     assert result["precision"] == precision
+    assert result["first_step"].startswith("zero tensors" if before else "skips")
     for key in ("encode_ms", "full_forward_ms", "new_expression_ms", "model_expression_ms"):
         assert result[key] > 0, key
     assert result["new_vs_full"] == pytest.approx(result["new_expression_ms"] / result["full_forward_ms"], rel=0.05)
