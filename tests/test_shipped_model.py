@@ -20,16 +20,16 @@ from step_ris.pretrained import load_pretrained
 
 UNSEEN_SEED = 9090  # the shipped model was trained on seed 0
 EXPRESSIONS = 150
-# Measured with the shipped weights on this set (docs/benchmarks.md, "The bundled model, session 8"):
-# 150 single-target expressions: oIoU 0.652, mIoU 0.701; the CLI's first 12: mean IoU 0.674.
-# ShapesRef-g, 40 expressions per target count: N-acc 0.700, T-acc 0.975, multi-target oIoU 0.687.
-# (The model bundled before session 8 measured 0.558, 0.629, 0.672, 0.675, 0.938 and 0.631.)
-MEASURED_OIOU, MEASURED_MIOU, MEASURED_CLI_MIOU = 0.652, 0.701, 0.674
-FLOOR_OIOU, FLOOR_MIOU = 0.59, 0.64
-CLI_FLOOR_MIOU = 0.55
+# Measured with the shipped weights on this set (docs/benchmarks.md, "The bundled model, session 9"):
+# 150 single-target expressions: oIoU 0.697, mIoU 0.741; the CLI's first 12: mean IoU 0.765.
+# ShapesRef-g, 40 expressions per target count: N-acc 0.775, T-acc 0.963, multi-target oIoU 0.703.
+# (The model bundled in session 8 measured 0.652, 0.701, 0.674, 0.700, 0.975 and 0.687.)
+MEASURED_OIOU, MEASURED_MIOU, MEASURED_CLI_MIOU = 0.697, 0.741, 0.765
+FLOOR_OIOU, FLOOR_MIOU = 0.63, 0.68
+CLI_FLOOR_MIOU = 0.64
 GENERALIZED_PER_COUNT = 40
-MEASURED_N_ACC, MEASURED_T_ACC, MEASURED_MULTI_OIOU = 0.700, 0.975, 0.687
-FLOOR_N_ACC, FLOOR_T_ACC, FLOOR_MULTI_OIOU = 0.62, 0.90, 0.62
+MEASURED_N_ACC, MEASURED_T_ACC, MEASURED_MULTI_OIOU = 0.775, 0.963, 0.703
+FLOOR_N_ACC, FLOOR_T_ACC, FLOOR_MULTI_OIOU = 0.70, 0.90, 0.64
 
 
 @pytest.fixture(scope="module")
