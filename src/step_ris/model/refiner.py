@@ -180,7 +180,7 @@ class Refiner(nn.Module):
 
     def start(self, q: torch.Tensor):
         """The state before the first step: None, the ConvRNN's zero state (the cells then skip their
-        recurrent convolutions, which would only add zeros: 1 of T of them at inference, exactly)."""
+        recurrent convolutions, which would only add zeros: the first of T steps' worth, exactly)."""
         return None
 
     def step(self, q: torch.Tensor, state, text: torch.Tensor | None = None):
