@@ -11,9 +11,14 @@ And the gradient norms reaching W_v (Eq. 2), W_s (Eq. 3), the ConvRNN input weig
 and the biLSTM (Sec. 3.2) (``grad_*``), beside the norms of those weights themselves (``norm_*``):
 with Adam's coupled L2 weight decay, a weight whose loss gradient is small shrinks by about lr per
 step whatever its size, and ``norm_*`` shows it. docs/recipes.md reads them.
+
+``write_diagnostics`` and ``log_images`` are the training loop's writers (jsonl and TensorBoard).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -63,3 +68,32 @@ def gradient_norms(model: STEPModel) -> dict[str, float]:
         out[f"grad_{name}"] = _norm(p.grad for p in params)
         out[f"norm_{name}"] = _norm(params)
     return out
+
+
+def write_diagnostics(out: Path, writer, step: int, stats: dict[str, float]) -> None:
+    """Append ``stats`` to ``out/diagnostics.jsonl`` and TensorBoard ``diag/``."""
+    with open(out / "diagnostics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, **stats}) + "\n")
+    for k, v in stats.items():
+        writer.add_scalar(f"diag/{k}", v, step)
+
+
+def log_images(writer, model: STEPModel, batch: dict, result, step: int) -> None:
+    """TensorBoard: target, prediction and every P_t of the first sample of a batch."""
+    with torch.no_grad():
+        target = batch["mask"][:1].unsqueeze(1).float()  # (1, 1, S, S)
+        pred = torch.sigmoid(result.logits[:1].float()).cpu()  # (1, 1, S, S)
+        writer.add_images("train/target_prediction", torch.cat([target, pred]), step)
+        if result.step_logits is not None:
+            steps = torch.sigmoid(result.step_logits[:1].float()).cpu().transpose(0, 1)  # (T, 1, S/4, S/4)
+            writer.add_images("train/steps_P_t", steps, step)
+        if "image" in batch:
+            writer.add_images("train/input", _denormalise(batch["image"][:1]), step)
+
+
+def _denormalise(images: torch.Tensor) -> torch.Tensor:
+    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images * std + mean).clamp(0, 1)

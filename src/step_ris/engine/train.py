@@ -38,7 +38,7 @@ from ..model import STEPModel, build_model
 from ..precision import autocast, precision_name, resolve_precision
 from ..text import Vocabulary
 from .checkpoint import FORMAT, atomic_save, atomic_write_text, capture_rng, load_checkpoint, restore_rng
-from .diagnostics import gradient_norms, heatmap_stats
+from .diagnostics import gradient_norms, heatmap_stats, log_images, write_diagnostics
 from .distributed import any_rank, init_distributed, resolve_device
 from .errors import TrainingError  # noqa: F401 - importable from here, as before
 from .evaluate import evaluate, format_results, subset_indices
@@ -153,7 +153,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
                     last_result = evaluate_and_log(run, progress)
                     while t.eval_every_minutes and run.train_seconds >= next_eval_minutes * 60:
                         next_eval_minutes += t.eval_every_minutes
-                    _log_images(run.writer, run.model, batch, result, run.step)
+                    log_images(run.writer, run.model, batch, result, run.step)
                     tick = time.perf_counter()  # evaluation time is not training time
                 if run.step % t.checkpoint_every == 0:
                     save(run)
@@ -340,7 +340,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
     if not problem:
         loss.backward()
         if diagnose:
-            _write_diagnostics(run.out, run.writer, run.step + 1, {**heatmap_stats(result), **gradient_norms(model)})
+            write_diagnostics(run.out, run.writer, run.step + 1, {**heatmap_stats(result), **gradient_norms(model)})
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.grad_clip if t.grad_clip > 0 else math.inf)
         if not bool(torch.isfinite(grad_norm)):
             problem = f"the gradient norm became {float(grad_norm)} (loss {parts['loss']:.4f})"
@@ -430,31 +430,3 @@ def _standardise_embedding(model: STEPModel, batch: dict, cache, device: torch.d
         s = model.language(batch["tokens"].to(device)).final
         model.fusion.standardise_(maps, s, sorted(set(model.levels)))
     log.info("embed_init=data: W_v and W_s standardised on %d samples", len(batch["tokens"]))
-
-
-def _write_diagnostics(out: Path, writer, step: int, stats: dict[str, float]) -> None:
-    with open(out / "diagnostics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, **stats}) + "\n")
-    for k, v in stats.items():
-        writer.add_scalar(f"diag/{k}", v, step)
-
-
-def _log_images(writer, model: STEPModel, batch: dict, result, step: int) -> None:
-    """TensorBoard: target, prediction and every P_t of the first sample of a batch."""
-    with torch.no_grad():
-        target = batch["mask"][:1].unsqueeze(1).float()  # (1, 1, S, S)
-        pred = torch.sigmoid(result.logits[:1].float()).cpu()  # (1, 1, S, S)
-        writer.add_images("train/target_prediction", torch.cat([target, pred]), step)
-        if result.step_logits is not None:
-            steps = torch.sigmoid(result.step_logits[:1].float()).cpu().transpose(0, 1)  # (T, 1, S/4, S/4)
-            writer.add_images("train/steps_P_t", steps, step)
-        if "image" in batch:
-            writer.add_images("train/input", _denormalise(batch["image"][:1]), step)
-
-
-def _denormalise(images: torch.Tensor) -> torch.Tensor:
-    from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images * std + mean).clamp(0, 1)
