@@ -27,6 +27,7 @@ Encoder = Literal["bilstm", "lstm"]
 QNorm = Literal["none", "max", "minmax"]
 Precision = Literal["fp32", "bf16", "auto"]
 RefinerText = Literal["none", "film"]
+RefinerContext = Literal["none", "directional"]
 Init = Literal["pytorch", "xavier", "xavier-positive-bias", "data"]
 
 
@@ -71,6 +72,7 @@ class ModelConfig:
     kernel: int = 3
     refiner_dilation: int = 1  # beyond the paper: dilation of the recurrent convolutions R^* (docs/model.md, 18)
     refiner_text: RefinerText = "none"  # beyond the paper: "film", s_t modulates the ConvRNN's input gates (19)
+    refiner_context: RefinerContext = "none"  # beyond the paper: "directional", whole-grid maps of Q_t (20)
     folds: int = 1  # K; T = 5K steps
     reverse: bool = False  # "reverse STEP": levels F5 -> F1
     # Beyond the paper: a no-target decision for expressions that match nothing (model/match_head.py)
@@ -379,6 +381,9 @@ def _validate(cfg: ExperimentConfig) -> None:
         (m.refiner_text == "none" or m.cell != "conv1x1",
          f"model.refiner_text={m.refiner_text} needs a ConvRNN: set model.cell=convgru or convlstm, "
          f"or model.refiner_text=none"),
+        (m.refiner_context == "none" or m.cell != "conv1x1",
+         f"model.refiner_context={m.refiner_context} needs a ConvRNN: set model.cell=convgru or convlstm, "
+         f"or model.refiner_context=none"),
         (cfg.train.batch_size >= 1, f"train.batch_size={cfg.train.batch_size} must be >= 1"),
         (cfg.train.sentences_per_image >= 1 and cfg.train.batch_size % cfg.train.sentences_per_image == 0,
          f"train.sentences_per_image={cfg.train.sentences_per_image} must be >= 1 and divide "

@@ -60,7 +60,8 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
     if cfg.fusion == "step":
         fusion.initialise(cfg.embed_init)
     refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps,
-                      dilation=cfg.refiner_dilation, text=cfg.refiner_text, text_dim=language.out_dim)
+                      dilation=cfg.refiner_dilation, text=cfg.refiner_text, text_dim=language.out_dim,
+                      context=cfg.refiner_context)
     if cfg.refiner_input_gain != 1.0:
         refiner.scale_input_weights(cfg.refiner_input_gain)
     match = None

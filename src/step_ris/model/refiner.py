@@ -30,12 +30,21 @@ scales and shifts the input-gate pre-activations of every step, ``(1 + gamma(s_t
 sees the sentence only through the one-channel Q_t, so it is never told which ordinal or relation
 was asked (docs/model.md, choice 19). On ShapesRef it learned less, ordinals and relations too
 (docs/recipes.md, fifth round); "none" is the default.
+
+Beyond the paper, ``context="directional"`` gives the ConvRNN, beside Q_t, eight maps of where
+Q_t lies across the whole grid (docs/model.md, choice 20): along each axis, whether the heatmap
+reaches past a cell on either side (for "left of X", "above X") and how many rising edges of its
+profile lie up to the cell from either side (a soft count, for "the second circle from the left").
+A 3x3 ConvRNN sees only a few cells per step; these maps see the whole row or column at once.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+PROFILE_EPS = 1e-6  # keeps the profile's normalisation defined on an all-zero heatmap
 
 
 def _modulate(gates: torch.Tensor, modulation) -> torch.Tensor:
@@ -112,6 +121,46 @@ class ConvLSTMCell(nn.Module):
         return h, (h, c)
 
 
+def _axis_context(profile: torch.Tensor) -> list[torch.Tensor]:
+    """profile: (B, n) >= 0, the heatmap's maximum across each row or column, scaled to peak 1.
+
+    Returns four (B, n) maps for cell i: the most of the profile strictly past i towards the end
+    (towards the start), and the sum of its rises from the start up to i (of its falls from the end
+    down to i). Triangular masks and matrix products, not cummax, so ONNX exports them.
+    """
+    n = profile.shape[-1]
+    idx = torch.arange(n, device=profile.device)
+    later = (idx.view(1, n) > idx.view(n, 1)).to(profile.dtype)  # later[i, j]: j lies past i towards the end
+    beyond_end = (profile.unsqueeze(1) * later).amax(dim=-1)  # (B, n)
+    beyond_start = (profile.unsqueeze(1) * later.T).amax(dim=-1)
+    rises = F.relu(profile - F.pad(profile, (1, 0))[:, :-1])  # p[i] - p[i-1], p[-1] = 0
+    falls = F.relu(profile - F.pad(profile, (0, 1))[:, 1:])  # p[i] - p[i+1], p[n] = 0
+    count_from_start = rises @ (1 - later.T)  # sum over j <= i: (1 - later.T)[j, i] = (j <= i)
+    count_from_end = falls @ (1 - later)  # sum over j >= i
+    return [beyond_end, beyond_start, count_from_start, count_from_end]
+
+
+def directional_context(q: torch.Tensor) -> torch.Tensor:
+    """The eight whole-grid maps of ``context="directional"`` (see the module docstring).
+
+    q: (B, 1, H, W) heatmap -> (B, 8, H, W): per column (anything to the right, to the left, count
+    from the left, from the right), then per row (below, above, from the top, from the bottom).
+    """
+    b, _, h, w = q.shape
+    q = q.clamp_min(0)
+    maps = []
+    for axis, size in ((2, w), (3, h)):  # reduce over rows -> a profile along x; over columns -> along y
+        profile = q.amax(dim=axis).reshape(b, size)
+        profile = profile / (profile.amax(dim=1, keepdim=True) + PROFILE_EPS)
+        for m in _axis_context(profile):
+            maps.append(m.view(b, 1, 1, w).expand(b, 1, h, w) if axis == 2 else m.view(b, 1, h, 1).expand(b, 1, h, w))
+    return torch.cat(maps, dim=1)
+
+
+# What the ConvRNN reads besides Q_t (``model.refiner_context``): "none" (the paper) or
+# "directional" (directional_context). config.RefinerContext lists the same names.
+CONTEXTS = {"none": 0, "directional": 8}  # name -> extra input channels
+
 # How the sentence reaches the refiner (``model.refiner_text``): "none" only through Q_t (the paper),
 # "film" also through s_t modulating the input gates. config.RefinerText lists the same names.
 TEXT_PATHS = ("none", "film")
@@ -136,13 +185,14 @@ class Refiner(nn.Module):
         dilation: of the recurrent convolutions R^* (1 in the paper; see the module docstring).
         text: "none" (the paper) or "film": s_t modulates the input gates (see the module docstring).
         text_dim: the size of s_t, needed with ``text="film"``.
+        context: "none" (the paper) or "directional": the ConvRNN also reads directional_context(Q_t).
 
     Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state, s_t)`` for
     each step, and ``refiner.final(logits_T, qs)`` for the output map.
     """
 
     def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5, dilation: int = 1,
-                 text: str = "none", text_dim: int = 0):
+                 text: str = "none", text_dim: int = 0, context: str = "none"):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
@@ -153,10 +203,15 @@ class Refiner(nn.Module):
         if text == "film" and (CELLS[cell] is None or text_dim < 1):
             raise ValueError(f"refiner text='film' needs a ConvRNN cell (convgru or convlstm, not {cell!r}) "
                              f"and the size of s_t (text_dim={text_dim})")
+        if context not in CONTEXTS:
+            raise ValueError(f"refiner context={context!r}; choose one of: {', '.join(CONTEXTS)}")
+        if context != "none" and CELLS[cell] is None:
+            raise ValueError(f"refiner context={context!r} needs a ConvRNN cell (convgru or convlstm, not {cell!r})")
         self.kind = cell
+        self.context = context
         cell_class = CELLS[cell]
         if cell_class is not None:
-            self.cell = cell_class(in_channels=1, filters=filters, kernel=kernel, dilation=dilation)
+            self.cell = cell_class(in_channels=1 + CONTEXTS[context], filters=filters, kernel=kernel, dilation=dilation)
         else:
             self.cell = None
             self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
@@ -193,7 +248,8 @@ class Refiner(nn.Module):
                 raise ValueError("this refiner reads s_t (text='film'): pass it to step(q, state, text)")
             gamma, beta = self.film(text)[:, :, None, None].chunk(2, dim=1)  # each (B, gates, 1, 1)
             modulation = (gamma, beta)
-        out, state = self.cell(q, state, modulation)
+        x = q if self.context == "none" else torch.cat([q, directional_context(q).to(q.dtype)], dim=1)
+        out, state = self.cell(x, state, modulation)
         return self.head(out), state
 
     def output(self, state) -> torch.Tensor | None:
