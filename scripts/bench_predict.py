@@ -21,7 +21,8 @@ after one warm-up:
     shared_ms           predict(image, [N expressions]): encoded once, expressions batched
     speedup             one_by_one_ms / shared_ms
 
-Prints one JSON object. The numbers are for this CPU as it is loaded now; say so when quoting them.
+Prints one JSON object (``--profile N``: then a table of the top operators of N new expressions
+on stderr). The numbers are for this CPU as it is loaded now; say so when quoting them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -102,6 +104,10 @@ def main() -> None:
     parser.add_argument("--zero-state-tensors", action="store_true",
                         help="the path before session 9: the ConvRNN starts from zero tensors and runs its "
                              "recurrent convolutions on the first step too (to time what skipping them saves)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="convert the model to channels_last (NHWC) before timing")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile N new expressions (torch.profiler) and print the top operators")
     args = parser.parse_args()
     if args.zero_state_tensors:
         Refiner.start = lambda self, q: None if self.cell is None else self.cell.initial_state(q)
@@ -122,6 +128,8 @@ def main() -> None:
         predictor = Predictor(model, vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
                               batch_size=args.batch_size, precision=args.precision)
         name = f"{args.preset} (random weights)"
+    if args.channels_last:
+        predictor.model.to(memory_format=torch.channels_last)
     if args.image:
         rgb = predictor.load(args.image)
     else:
@@ -153,6 +161,7 @@ def main() -> None:
         "repeat": args.repeat,
         "threads": torch.get_num_threads(),
         "precision": predictor.precision,
+        "channels_last": args.channels_last,
         "first_step": "zero tensors (before session 9)" if args.zero_state_tensors else "skips recurrent convolutions",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
@@ -170,6 +179,13 @@ def main() -> None:
         result["speedup"] = result["one_by_one_ms"] / result["shared_ms"]
     print(json.dumps({k: round(v, 3 if k == "new_vs_full" else 1) if isinstance(v, float) else v
                       for k, v in result.items()}, indent=2))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.profile):
+                predictor.predict(encoded, next(fresh))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,12 @@ def test_bench_predict_reports_the_session_measures(precision, before):
     for key in ("encode_ms", "full_forward_ms", "new_expression_ms", "model_expression_ms"):
         assert result[key] > 0, key
     assert result["new_vs_full"] == pytest.approx(result["new_expression_ms"] / result["full_forward_ms"], rel=0.05)
+
+
+def test_bench_predict_channels_last_and_profile():
+    out = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny", "--repeat", "1", "--session-only",
+                          "--threads", "1", "--channels-last", "--profile", "2"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    assert result["channels_last"] is True and result["new_expression_ms"] > 0
+    assert "Self CPU" in out.stderr and "aten::" in out.stderr  # the profiler's operator table
