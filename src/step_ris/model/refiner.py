@@ -36,6 +36,8 @@ Q_t lies across the whole grid (docs/model.md, choice 20): along each axis, whet
 reaches past a cell on either side (for "left of X", "above X") and how many rising edges of its
 profile lie up to the cell from either side (a soft count, for "the second circle from the left").
 A 3x3 ConvRNN sees only a few cells per step; these maps see the whole row or column at once.
+On ShapesRef they did not lift relations or ordinals (docs/recipes.md, eighth round); "none" is
+the default.
 """
 
 from __future__ import annotations
