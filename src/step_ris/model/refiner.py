@@ -154,8 +154,8 @@ def directional_context(q: torch.Tensor) -> torch.Tensor:
     for axis, size in ((2, w), (3, h)):  # reduce over rows -> a profile along x; over columns -> along y
         profile = q.amax(dim=axis).reshape(b, size)
         profile = profile / (profile.amax(dim=1, keepdim=True) + PROFILE_EPS)
-        for m in _axis_context(profile):
-            maps.append(m.view(b, 1, 1, w).expand(b, 1, h, w) if axis == 2 else m.view(b, 1, h, 1).expand(b, 1, h, w))
+        shape = (b, 1, 1, w) if axis == 2 else (b, 1, h, 1)  # constant along the axis reduced over
+        maps += [m.view(shape).expand(b, 1, h, w) for m in _axis_context(profile)]
     return torch.cat(maps, dim=1)
 
 
