@@ -61,6 +61,7 @@ class ModelConfig:
     q_scale: float = 1.0  # Q_t multiplied by this before the refiner (1 = literal Eq. 4)
     q_leak: float = 0.0  # slope of Eq. 4's max(0, .) below 0 (0 = literal ReLU; > 0 keeps gradients alive)
     q_norm: QNorm = "none"  # "max": divided by its peak (floored); "minmax": valid cells mapped to [0, 1]
+    q_heads: int = 1  # beyond the paper: H heatmaps per step, one per group of embed_dim / H channels (21)
     # Initialisation and gradient switches (docs/recipes.md, "Why literal Eq. 4 dies"). None changes Eqs. 2-4.
     embed_init: Init = "pytorch"  # W_v, W_s of Eqs. 2-3: PyTorch's default, Glorot/Xavier, Xavier + bias 0.1,
     # or "data": standardised on the first training batch (CoEmbedding.standardise_)
@@ -377,6 +378,10 @@ def _validate(cfg: ExperimentConfig) -> None:
         (1 <= m.max_words <= 64, f"model.max_words={m.max_words} must be in 1..64 (paper: 20)"),
         (m.pixel_temperature > 0, f"model.pixel_temperature={m.pixel_temperature} must be > 0"),
         (m.embed_kernel in (1, 3), f"model.embed_kernel={m.embed_kernel} must be 1 or 3"),
+        (m.q_heads >= 1 and m.embed_dim % m.q_heads == 0,
+         f"model.q_heads={m.q_heads} must be >= 1 and divide model.embed_dim={m.embed_dim} (the paper: 1)"),
+        (m.q_heads == 1 or m.fusion == "step",
+         f"model.q_heads={m.q_heads} needs the STEP co-embedding: set model.fusion=step or model.q_heads=1"),
         (m.refiner_dilation >= 1, f"model.refiner_dilation={m.refiner_dilation} must be >= 1 (the paper: 1)"),
         (m.refiner_text == "none" or m.cell != "conv1x1",
          f"model.refiner_text={m.refiner_text} needs a ConvRNN: set model.cell=convgru or convlstm, "

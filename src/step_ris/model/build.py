@@ -54,14 +54,14 @@ def build_model(cfg: ModelConfig, vocab_size: int, *, word_vectors: torch.Tensor
     if cfg.fusion == "step":
         fusion = CoEmbedding(visual_channels=visual.out_channels, text_dim=language.out_dim, dim=cfg.embed_dim,
                              kernel=cfg.embed_kernel, dilation=cfg.embed_dilation if cfg.embed_kernel > 1 else 1,
-                             norm=cfg.embed_norm, shared_text=cfg.shared_text_embedding)
+                             norm=cfg.embed_norm, shared_text=cfg.shared_text_embedding, heads=cfg.q_heads)
     else:
         fusion = ConcatConv(visual_channels=visual.out_channels, text_dim=language.out_dim, dim=cfg.embed_dim)
     if cfg.fusion == "step":
         fusion.initialise(cfg.embed_init)
     refiner = Refiner(cell=cfg.cell, filters=cfg.filters, kernel=cfg.kernel, steps=cfg.steps,
                       dilation=cfg.refiner_dilation, text=cfg.refiner_text, text_dim=language.out_dim,
-                      context=cfg.refiner_context)
+                      context=cfg.refiner_context, heads=cfg.q_heads)
     if cfg.refiner_input_gain != 1.0:
         refiner.scale_input_weights(cfg.refiner_input_gain)
     match = None

@@ -9,6 +9,12 @@ each pixel for ``phi``, over the features for ``psi``): the paper does not say h
 ``s`` are scaled, and with raw backbone features tanh saturates and Q_t is flat (docs/model.md, choice 7).
 ``norm="none"`` is the literal form. ``phi`` depends on the level only, so it is computed once
 per level and reused by every fold.
+
+Beyond the paper, ``heads`` = H > 1 splits the co-embedding into H groups of ``dim / H`` channels,
+each normalised on its own (NL2 per group in Eqs. 2-3), and Eq. 4 gives one cosine per group: Q_t
+has H channels, so one step can mark several things at once (the candidates of "the circle left
+of the red square" in one channel, its anchor in another) and the refiner reads them side by side
+(docs/model.md, choice 21). ``heads=1`` is the paper's Eq. 4 exactly.
 """
 
 from __future__ import annotations
@@ -39,13 +45,17 @@ class CoEmbedding(nn.Module):
         kernel, dilation: of ``W_v`` (3, 3: atrous 3x3 rate 3; 1, 1: the 1x1 switch).
         norm: "none" (literal) or "layer".
         shared_text: one ``psi`` for all levels (default) or one per level.
+        heads: H heatmaps per step (1: the paper; see the module docstring); must divide ``dim``.
     """
 
     def __init__(self, *, visual_channels: tuple[int, ...], text_dim: int, dim: int, kernel: int = 3,
-                 dilation: int = 3, norm: str = "none", shared_text: bool = True):
+                 dilation: int = 3, norm: str = "none", shared_text: bool = True, heads: int = 1):
         super().__init__()
         if norm not in ("none", "layer"):
             raise ValueError(f"norm={norm!r}; choose 'none' or 'layer'")
+        if heads < 1 or dim % heads:
+            raise ValueError(f"heads={heads} must be >= 1 and divide the co-embedding size dim={dim}")
+        self.heads = heads
         pad = dilation * (kernel - 1) // 2
         self.visual = nn.ModuleList(
             nn.Conv2d(c, dim, kernel, padding=pad, dilation=dilation if kernel > 1 else 1) for c in visual_channels
@@ -95,22 +105,33 @@ class CoEmbedding(nn.Module):
             layer.weight.mul_((gain / std).view(-1, 1))
             layer.bias.sub_(mean).mul_(gain / std)
 
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        """NL2 of Eqs. 2-3 over each group of dim / H channels of x (B, dim, ...) (the whole of dim for H = 1)."""
+        if self.heads == 1:
+            return F.normalize(x, dim=1)
+        b, dim = x.shape[:2]
+        return F.normalize(x.reshape(b, self.heads, dim // self.heads, *x.shape[2:]), dim=2).reshape(x.shape)
+
     def phi(self, level: int, v: torch.Tensor) -> torch.Tensor:
-        """Eq. 2. v: (B, C_l + 8, h, w) -> (B, dim, h, w), unit norm over dim."""
-        return F.normalize(torch.tanh(self.visual_norm[level](self.visual[level](v))), dim=1)
+        """Eq. 2. v: (B, C_l + 8, h, w) -> (B, dim, h, w), unit norm over dim (over each group of dim / H)."""
+        return self._unit(torch.tanh(self.visual_norm[level](self.visual[level](v))))
 
     def psi(self, level: int, s: torch.Tensor) -> torch.Tensor:
-        """Eq. 3. s: (B, D) -> (B, dim), unit norm."""
+        """Eq. 3. s: (B, D) -> (B, dim), unit norm (each group of dim / H)."""
         k = level if len(self.text) > 1 else 0
-        return F.normalize(torch.tanh(self.text_norm[k](self.text[k](s))), dim=1)
+        return self._unit(torch.tanh(self.text_norm[k](self.text[k](s))))
 
     @staticmethod
-    def cosine(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-        """The inner product of Eq. 4 (a cosine: both are unit vectors).
+    def cosine(phi: torch.Tensor, psi: torch.Tensor, heads: int = 1) -> torch.Tensor:
+        """The inner product of Eq. 4 (a cosine: both are unit vectors), per group of dim / H channels.
 
-        phi: (B, dim, h, w); psi: (B, dim) -> (B, 1, h, w) in [-1, 1].
+        phi: (B, dim, h, w); psi: (B, dim) -> (B, H, h, w) in [-1, 1].
         """
-        return torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
+        if heads == 1:
+            return torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
+        b, dim, h, w = phi.shape
+        groups = phi.reshape(b, heads, dim // heads, h, w)
+        return torch.einsum("bgchw,bgc->bghw", groups, psi.to(phi.dtype).reshape(psi.shape[0], heads, dim // heads))
 
     @staticmethod
     def rectify(cos: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
@@ -122,9 +143,9 @@ class CoEmbedding(nn.Module):
         return cos.clamp_min(0) if leak == 0 else F.leaky_relu(cos, leak)
 
     @classmethod
-    def heatmap(cls, phi: torch.Tensor, psi: torch.Tensor, leak: float = 0.0) -> torch.Tensor:
-        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, 1, h, w) in [0, 1] (literal)."""
-        return cls.rectify(cls.cosine(phi, psi), leak)
+    def heatmap(cls, phi: torch.Tensor, psi: torch.Tensor, leak: float = 0.0, heads: int = 1) -> torch.Tensor:
+        """Eq. 4. phi: (B, dim, h, w); psi: (B, dim) -> Q: (B, H, h, w) in [0, 1] (literal)."""
+        return cls.rectify(cls.cosine(phi, psi, heads), leak)
 
 
 class ConcatConv(nn.Module):

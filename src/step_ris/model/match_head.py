@@ -74,5 +74,6 @@ class MatchHead(nn.Module):
 
     @staticmethod
     def peak(q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """q: (B, 1, h, w) a heatmap of Eq. 4, valid: (B, h, w) bool -> (B, 1), its maximum over the valid cells."""
-        return _masked_max(q, valid.unsqueeze(1))
+        """q: (B, H, h, w) the heatmaps of Eq. 4, valid: (B, h, w) bool -> (B, 1), their maximum over the
+        valid cells (and over the H channels of ``model.q_heads``)."""
+        return _masked_max(q, valid.unsqueeze(1)).amax(dim=1, keepdim=True)

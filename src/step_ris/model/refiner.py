@@ -143,11 +143,15 @@ def _axis_context(profile: torch.Tensor) -> list[torch.Tensor]:
 
 
 def directional_context(q: torch.Tensor) -> torch.Tensor:
-    """The eight whole-grid maps of ``context="directional"`` (see the module docstring).
+    """The eight whole-grid maps of ``context="directional"`` (see the module docstring), per channel.
 
-    q: (B, 1, H, W) heatmap -> (B, 8, H, W): per column (anything to the right, to the left, count
-    from the left, from the right), then per row (below, above, from the top, from the bottom).
+    q: (B, C, H, W) heatmaps -> (B, 8C, H, W): for each channel in turn, per column (anything to the
+    right, to the left, count from the left, from the right), then per row (below, above, from the
+    top, from the bottom).
     """
+    if q.shape[1] > 1:  # each heatmap channel on its own (model.q_heads > 1)
+        b, c, h, w = q.shape
+        return directional_context(q.reshape(b * c, 1, h, w)).reshape(b, 8 * c, h, w)
     b, _, h, w = q.shape
     q = q.clamp_min(0)
     maps = []
@@ -188,14 +192,17 @@ class Refiner(nn.Module):
         text: "none" (the paper) or "film": s_t modulates the input gates (see the module docstring).
         text_dim: the size of s_t, needed with ``text="film"``.
         context: "none" (the paper) or "directional": the ConvRNN also reads directional_context(Q_t).
+        heads: channels of Q_t (1 in the paper; ``model.q_heads``, see model/co_embedding.py).
 
     Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state, s_t)`` for
     each step, and ``refiner.final(logits_T, qs)`` for the output map.
     """
 
     def __init__(self, *, cell: str, filters: int, kernel: int = 3, steps: int = 5, dilation: int = 1,
-                 text: str = "none", text_dim: int = 0, context: str = "none"):
+                 text: str = "none", text_dim: int = 0, context: str = "none", heads: int = 1):
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"refiner heads={heads}; Q_t has at least one channel")
         if cell not in CELLS:
             raise ValueError(f"cell={cell!r}; choose one of: {', '.join(CELLS)}")
         if dilation < 1:
@@ -213,11 +220,12 @@ class Refiner(nn.Module):
         self.context = context
         cell_class = CELLS[cell]
         if cell_class is not None:
-            self.cell = cell_class(in_channels=1 + CONTEXTS[context], filters=filters, kernel=kernel, dilation=dilation)
+            self.cell = cell_class(in_channels=heads * (1 + CONTEXTS[context]), filters=filters, kernel=kernel,
+                                   dilation=dilation)
         else:
             self.cell = None
-            self.stack = nn.Conv2d(steps, 1, 1)  # final map over [Q_1..Q_T]
-        self.head = nn.Conv2d(filters if self.cell is not None else 1, 1, 1)  # Eq. 9: W^P, b^P
+            self.stack = nn.Conv2d(steps * heads, 1, 1)  # final map over [Q_1..Q_T]
+        self.head = nn.Conv2d(filters if self.cell is not None else heads, 1, 1)  # Eq. 9: W^P, b^P
         self.film = None
         if text == "film":  # s_t -> (gamma, beta) per input-gate channel, zero at the start
             self.film = nn.Linear(text_dim, 2 * self.cell.input_gates.out_channels)
@@ -241,7 +249,7 @@ class Refiner(nn.Module):
         return None
 
     def step(self, q: torch.Tensor, state, text: torch.Tensor | None = None):
-        """q: (B, 1, H, W), text: s_t (B, D) (used with ``text="film"``) -> logits of P_t (B, 1, H, W), new state."""
+        """q: (B, heads, H, W), text: s_t (B, D) (used with ``text="film"``) -> logits of P_t (B, 1, H, W), new state."""
         if self.cell is None:
             return self.head(q), None
         modulation = None
@@ -263,5 +271,5 @@ class Refiner(nn.Module):
     def final(self, last_logits: torch.Tensor, qs: list[torch.Tensor]) -> torch.Tensor:
         """Logits of the output map (B, 1, H, W)."""
         if self.cell is None:
-            return self.stack(torch.cat(qs, dim=1))  # (B, T, H, W) -> (B, 1, H, W)
+            return self.stack(torch.cat(qs, dim=1))  # (B, T * heads, H, W) -> (B, 1, H, W)
         return last_logits

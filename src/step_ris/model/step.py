@@ -90,7 +90,8 @@ class STEPOutput:
 
     logits: (B, 1, S, S) logits of the upsampled P_T (Eq. 10).
     step_logits: (B, T, S/4, S/4) logits of every P_t on the refiner grid.
-    heatmaps: (B, T, S/4, S/4) every STEP heatmap Q_t (after ``q_scale``), on the refiner grid.
+    heatmaps: (B, T, S/4, S/4) every STEP heatmap Q_t (after ``q_scale``), on the refiner grid; with
+        ``model.q_heads`` > 1, the most over Q_t's channels.
     attention: (B, T, L) alpha_t of Eq. 1 (zeros where a step does not use Eq. 1: the first step
         with ``first_step="final-state"``, every step without LTR).
     similarity: (B, T, L) cosine of s_t and h_j (the reading of Figure 4), 0 at padding.
@@ -103,7 +104,7 @@ class STEPOutput:
     attention: torch.Tensor | None = None
     similarity: torch.Tensor | None = None
     levels: tuple[int, ...] = ()
-    cosines: list[torch.Tensor] | None = None  # per step: <phi, psi> of Eq. 4 before max(0, .), (B, 1, h_l, w_l)
+    cosines: list[torch.Tensor] | None = None  # per step: <phi, psi> of Eq. 4 before max(0, .), (B, H, h_l, w_l)
     masks: list[torch.Tensor] | None = None  # per step: the valid cells of level l_t, (B, h_l, w_l)
     match_logits: torch.Tensor | None = None  # (B,) "something matches" logit (model.match_head), else None
 
@@ -269,7 +270,7 @@ class STEPModel(nn.Module):
             # Eqs. 2-4: the STEP heatmap Q_t on the level's grid
             if isinstance(self.fusion, CoEmbedding):
                 phi = enc.phi[level].expand(batch, -1, -1, -1)  # (B, E, h_l, w_l)
-                cos = self.fusion.cosine(phi, self.fusion.psi(level, s))  # (B, 1, h_l, w_l)
+                cos = self.fusion.cosine(phi, self.fusion.psi(level, s), self.fusion.heads)  # (B, H, h_l, w_l)
                 q = self.fusion.rectify(cos, self.q_leak)  # Eq. 4
                 if return_intermediates:
                     cosines.append(cos)
@@ -301,7 +302,7 @@ class STEPModel(nn.Module):
         return STEPOutput(
             logits=logits,
             step_logits=torch.cat(step_logits, dim=1),  # (B, T, S/4, S/4)
-            heatmaps=torch.cat(qs, dim=1),  # (B, T, S/4, S/4)
+            heatmaps=torch.stack([q.amax(dim=1) for q in qs], dim=1),  # (B, T, S/4, S/4), most over heads
             attention=torch.stack(alphas, dim=1),  # (B, T, L)
             similarity=torch.stack(sims, dim=1),  # (B, T, L)
             levels=self.levels,
