@@ -249,7 +249,8 @@ class Refiner(nn.Module):
         return None
 
     def step(self, q: torch.Tensor, state, text: torch.Tensor | None = None):
-        """q: (B, heads, H, W), text: s_t (B, D) (used with ``text="film"``) -> logits of P_t (B, 1, H, W), new state."""
+        """q: (B, heads, H, W), text: s_t (B, D) (read with ``text="film"``) -> logits of P_t (B, 1, H, W), new
+        state."""
         if self.cell is None:
             return self.head(q), None
         modulation = None
