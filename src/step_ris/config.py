@@ -169,7 +169,9 @@ PRESETS: dict[str, ExperimentConfig] = {
     # Small CPU preset for ShapesRef: frozen ImageNet EfficientNet-Lite0 taps, small sizes,
     # per-sample normalisation in the co-embedding and a leaky, min-max normalised, scaled Q_t
     # (docs/recipes.md). 12,500 steps of 16 = 200,000 expressions, about 103 minutes on one thread;
-    # 4 sentences per image share each image's phi and Eq. 1 keys (docs/benchmarks.md).
+    # 4 sentences per image share each image's phi and Eq. 1 keys (docs/benchmarks.md). The loss
+    # reads P_T alone, as Eq. 11 does: supervising every P_t learned less per expression, relations
+    # most (docs/recipes.md, tenth round).
     "shapes-cpu": ExperimentConfig(
         name="shapes-cpu",
         model=dataclasses.replace(
@@ -178,7 +180,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         ),
         data=DataConfig(dataset="shapesref", root="data/shapesref-cpu"),
         train=TrainConfig(
-            iters=12_500, batch_size=16, lr=1e-3, weight_decay=0.0, loss_all_steps=True,
+            iters=12_500, batch_size=16, lr=1e-3, weight_decay=0.0, loss_all_steps=False,
             dice_weight=1.0, warmup_iters=200, log_every=20, eval_every=0, eval_every_minutes=10.0,
             checkpoint_every=250, eval_samples=1000, channels_last=True, sentences_per_image=4,
         ),
