@@ -42,3 +42,10 @@ def test_shapes_paper_keeps_every_paper_switch():
     assert (t.lr, t.weight_decay, t.optimizer, t.poly_power, t.loss_all_steps) == \
         (p.lr, p.weight_decay, p.optimizer, p.poly_power, p.loss_all_steps)
     assert t.dice_weight == 1.0 and p.dice_weight == 0.0
+
+
+def test_every_preset_supervises_p_t_alone():
+    """Eq. 11 reads P_T; shapes-cpu dropped the loss on every P_t (docs/recipes.md, tenth round)."""
+    from step_ris.config import PRESETS
+
+    assert not [name for name, cfg in PRESETS.items() if cfg.train.loss_all_steps]

@@ -101,3 +101,5 @@ def test_heads_are_checked():
         validate(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, q_heads=2, fusion="concat-conv")))
     with pytest.raises(ValueError, match="heads=3 must be >= 1 and divide the co-embedding size dim=8"):
         CoEmbedding(visual_channels=(5,), text_dim=6, dim=8, heads=3)
+    with pytest.raises(ValueError, match="refiner heads=0; Q_t has at least one channel"):
+        Refiner(cell="convgru", filters=4, heads=0)

@@ -107,8 +107,6 @@ class CoEmbedding(nn.Module):
 
     def _unit(self, x: torch.Tensor) -> torch.Tensor:
         """NL2 of Eqs. 2-3 over each group of dim / H channels of x (B, dim, ...) (the whole of dim for H = 1)."""
-        if self.heads == 1:
-            return F.normalize(x, dim=1)
         b, dim = x.shape[:2]
         return F.normalize(x.reshape(b, self.heads, dim // self.heads, *x.shape[2:]), dim=2).reshape(x.shape)
 
@@ -127,8 +125,6 @@ class CoEmbedding(nn.Module):
 
         phi: (B, dim, h, w); psi: (B, dim) -> (B, H, h, w) in [-1, 1].
         """
-        if heads == 1:
-            return torch.einsum("bchw,bc->bhw", phi, psi.to(phi.dtype)).unsqueeze(1)
         b, dim, h, w = phi.shape
         groups = phi.reshape(b, heads, dim // heads, h, w)
         return torch.einsum("bgchw,bgc->bghw", groups, psi.to(phi.dtype).reshape(psi.shape[0], heads, dim // heads))
