@@ -15,6 +15,9 @@ after one warm-up:
     new_expression_ms   Predictor.predict(encoded, expression): a new expression on an encoded image
     model_expression_ms the model alone on the encoding (new_expression_ms less pre/post-processing)
     new_vs_full         new_expression_ms / full_forward_ms
+    --bf16-weights (with --precision bf16) adds the model alone and the visual encoder run on a
+    copy whose convolution, linear and LSTM weights are held in bf16 (autocast otherwise casts the
+    float32 weights on every call), and their ratios: *_bf16_weights_ms, bf16_weights_speedup_*.
     The five measures above are timed in rounds (each round in a new random order), so they
     meet the same machine load; *_cpu_ms is the process CPU time (all threads) of the same calls.
     one_by_one_ms       N expressions, one predict call each (the image encoded N times)
@@ -28,6 +31,7 @@ on stderr). The numbers are for this CPU as it is loaded now; say so when quotin
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import platform
@@ -73,6 +77,16 @@ def paired(fns: dict, repeat: int) -> dict[str, float]:
     return out
 
 
+def bf16_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with its convolution, linear and LSTM weights in bf16 (the LSTM, which
+    runs outside autocast in its weights' dtype, then runs in bf16; every other parameter as it was)."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear, torch.nn.LSTM)):
+            module.to(torch.bfloat16)
+    return twin.eval()
+
+
 def timed(fn, repeat: int) -> float:
     """Median wall time of ``fn()`` in milliseconds, after one warm-up call."""
     fn()
@@ -106,6 +120,9 @@ def main() -> None:
                              "recurrent convolutions on the first step too (to time what skipping them saves)")
     parser.add_argument("--channels-last", action="store_true",
                         help="convert the model to channels_last (NHWC) before timing")
+    parser.add_argument("--bf16-weights", action="store_true",
+                        help="with --precision bf16: also time a copy of the model holding its convolution, "
+                             "linear and LSTM weights in bf16")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N new expressions (torch.profiler) and print the top operators")
     args = parser.parse_args()
@@ -139,17 +156,25 @@ def main() -> None:
     tensor, _ = letterbox_image(rgb, predictor.image_size)
     encoded = predictor.encode(rgb)
 
-    def model_only(expression: str):
+    def model_only(expression: str, net=None):
         """The model's share of a new expression: language side, Eqs. 1-9, Eq. 10; no post-processing."""
         ids = torch.tensor([predictor.prepare(expression).ids])
         with torch.inference_mode(), autocast(predictor.device, predictor.dtype):
-            predictor.model(None, ids, torch.tensor([encoded.valid_hw]), features=encoded.encoding,
+            (net or predictor.model)(None, ids, torch.tensor([encoded.valid_hw]), features=encoded.encoding,
                             return_intermediates=True)
     fresh = itertools.cycle(" ".join(rng.choice(words, size=args.words)) for _ in range(64))  # a new one each call
 
-    def encode():
+    def encode(net=None):
         with torch.inference_mode(), autocast(predictor.device, predictor.dtype):
-            predictor.model.encode_image(tensor.unsqueeze(0))
+            (net or predictor.model).encode_image(tensor.unsqueeze(0))
+
+    extra = {}
+    if args.bf16_weights:
+        if predictor.dtype != torch.bfloat16:
+            parser.error("--bf16-weights needs --precision bf16")
+        twin = bf16_weights(predictor.model)
+        extra = {"encode_image_bf16_weights": lambda: encode(twin),
+                 "model_expression_bf16_weights": lambda: model_only(next(fresh), twin)}
 
     result = {
         "model": name,
@@ -168,8 +193,10 @@ def main() -> None:
         **paired({"encode_image": encode, "encode": lambda: predictor.encode(rgb),
                   "full_forward": lambda: predictor.predict(rgb, next(fresh)),
                   "new_expression": lambda: predictor.predict(encoded, next(fresh)),
-                  "model_expression": lambda: model_only(next(fresh))}, args.repeat),
+                  "model_expression": lambda: model_only(next(fresh)), **extra}, args.repeat),
     }
+    for what in ("encode_image", "model_expression") if extra else ():
+        result[f"bf16_weights_speedup_{what}"] = result[f"{what}_ms"] / result[f"{what}_bf16_weights_ms"]
     if not args.session_only:
         result["one_by_one_ms"] = timed(lambda: [predictor.predict(rgb, e) for e in expressions], args.repeat)
         result["shared_ms"] = timed(lambda: predictor.predict(rgb, expressions), args.repeat)
@@ -177,7 +204,7 @@ def main() -> None:
     if not args.session_only:
         result["shared_per_expression_ms"] = result["shared_ms"] / args.expressions
         result["speedup"] = result["one_by_one_ms"] / result["shared_ms"]
-    print(json.dumps({k: round(v, 3 if k == "new_vs_full" else 1) if isinstance(v, float) else v
+    print(json.dumps({k: round(v, 3 if k == "new_vs_full" or "speedup_" in k else 1) if isinstance(v, float) else v
                       for k, v in result.items()}, indent=2))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -32,3 +32,14 @@ def test_bench_predict_channels_last_and_profile():
     result = json.loads(out.stdout)
     assert result["channels_last"] is True and result["new_expression_ms"] > 0
     assert "Self CPU" in out.stderr and "aten::" in out.stderr  # the profiler's operator table
+
+
+def test_bench_predict_times_a_copy_with_bf16_weights():
+    base = [sys.executable, str(SCRIPT), "--preset", "tiny", "--repeat", "1", "--session-only", "--threads", "1"]
+    result = json.loads(subprocess.run(base + ["--precision", "bf16", "--bf16-weights"], capture_output=True,
+                                       text=True, check=True).stdout)
+    for what in ("encode_image", "model_expression"):
+        ratio = result[f"{what}_ms"] / result[f"{what}_bf16_weights_ms"]
+        assert result[f"bf16_weights_speedup_{what}"] == pytest.approx(ratio, rel=0.05)
+    refused = subprocess.run(base + ["--bf16-weights"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--bf16-weights needs --precision bf16" in refused.stderr

@@ -82,9 +82,10 @@ class LanguageEncoder(nn.Module):
         if (lengths == 0).any():
             bad = (lengths == 0).nonzero().flatten().tolist()
             raise ValueError(f"empty token sequence at batch index {bad}: every expression needs >= 1 word")
-        # The LSTM runs in float32 even under autocast: CUDA autocast would run cuDNN's LSTM in
-        # fp16 whatever dtype was asked for, and bf16 training uses no gradient scaler.
-        embedded = self.words(tokens).float()  # (B, L, word_dim)
+        # The LSTM runs in its weights' dtype (float32) even under autocast: CUDA autocast would run
+        # cuDNN's LSTM in fp16 whatever dtype was asked for, and bf16 training uses no gradient
+        # scaler. (A copy with bf16 weights runs it in bf16: scripts/bench_predict.py --bf16-weights.)
+        embedded = self.words(tokens).to(self.lstm.weight_ih_l0.dtype)  # (B, L, word_dim)
         with torch.autocast(tokens.device.type, enabled=False):
             states, final = self._run_lstm(embedded, lengths, tokens.shape[1])
         return TextFeatures(states=states, final=final, mask=mask)
