@@ -161,7 +161,7 @@ def main() -> None:
         ids = torch.tensor([predictor.prepare(expression).ids])
         with torch.inference_mode(), autocast(predictor.device, predictor.dtype):
             (net or predictor.model)(None, ids, torch.tensor([encoded.valid_hw]), features=encoded.encoding,
-                            return_intermediates=True)
+                                     return_intermediates=True)
     fresh = itertools.cycle(" ".join(rng.choice(words, size=args.words)) for _ in range(64))  # a new one each call
 
     def encode(net=None):
