@@ -298,3 +298,5 @@ def test_model_card_of_a_fine_tuned_model_with_a_no_target_decision():
     assert "no-target decision fitted on `shapesref-g:train`: 40 expressions" in card and "95% of targets" in card
     assert "empties it when nothing matches" in card and "always returns a mask" not in card
     assert "always returns a mask" in model_card(cfg, Vocabulary(["red"]), {})
+    scores["match_fit"]["target_acc"] = 0.985  # the bundled model's operating point: not rounded to 98%
+    assert "threshold keeping 98.5% of targets" in model_card(with_head, Vocabulary(["red"]), scores)

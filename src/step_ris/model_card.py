@@ -13,6 +13,12 @@ _METRICS = ("oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9")
 _GRES_METRICS = ("gIoU", "N-acc", "T-acc")  # generalized sets only (engine/gres.py)
 
 
+
+def _percent(share: float) -> str:
+    """0.95 -> '95%', 0.985 -> '98.5%': as many decimals as the share has (an operating point of 0.985
+    printed as 98% would name another model)."""
+    return f"{100 * share:.2f}".rstrip("0").rstrip(".") + "%"
+
 def _score_rows(scores: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(scores.get("splits"), dict):
         rows = [(str(k), v) for k, v in scores["splits"].items() if isinstance(v, dict)]
@@ -83,7 +89,7 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
     fit = scores.get("match_fit")
     if isinstance(fit, dict):  # no-target decision fitted after training (scripts/fit_match_head.py)
         lines.append(f"- no-target decision fitted on `{fit.get('fitted_on', '?')}`: {fit.get('samples', '?')} "
-                     "expressions, class-balanced" + (f", threshold keeping {fit['target_acc']:.0%} of targets"
+                     "expressions, class-balanced" + (f", threshold keeping {_percent(fit['target_acc'])} of targets"
                                                       if fit.get("target_acc") else ""))
     if d.blank_language:
         lines.append("- language-blind baseline: every expression was replaced by one unknown word")
