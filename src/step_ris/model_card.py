@@ -13,11 +13,11 @@ _METRICS = ("oIoU", "mIoU", "prec@0.5", "prec@0.7", "prec@0.9")
 _GRES_METRICS = ("gIoU", "N-acc", "T-acc")  # generalized sets only (engine/gres.py)
 
 
-
 def _percent(share: float) -> str:
     """0.95 -> '95%', 0.985 -> '98.5%': as many decimals as the share has (an operating point of 0.985
     printed as 98% would name another model)."""
     return f"{100 * share:.2f}".rstrip("0").rstrip(".") + "%"
+
 
 def _score_rows(scores: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if isinstance(scores.get("splits"), dict):
