@@ -14,7 +14,7 @@ from step_ris.config import PRESETS, get_preset
 from step_ris.data.dataset import ReferDataset, build_vocab
 from step_ris.data.shapesref import generate_shapesref
 from step_ris.engine.evaluate import evaluate
-from step_ris.engine.losses import match_loss
+from step_ris.engine.losses import match_loss, segmentation_loss
 from step_ris.engine.train import train
 from step_ris.model import build_model
 from step_ris.model.match_head import MatchHead
@@ -191,6 +191,38 @@ def test_training_with_the_head_on_shapesref_g(root, tmp_path, monkeypatch, bala
     fresh = build_model(cfg.model, len(build_vocab(root, "shapesref-g", "train")), load_backbone_weights=False)
     moved = (trained["match.linear.bias"] - fresh.match.linear.bias.detach()).abs().item()
     assert moved > 1e-6  # the head's own loss reached it (Adam moves a bias by about lr per step)
+
+
+@pytest.mark.parametrize("mask_loss", [True, False])
+def test_no_target_mask_loss_switch_picks_the_rows_the_mask_loss_sees(root, tmp_path, monkeypatch, mask_loss):
+    base = get_preset("tiny")
+    cfg = dataclasses.replace(
+        base, model=dataclasses.replace(base.model, match_head=True),
+        data=dataclasses.replace(base.data, dataset="shapesref-g", root=str(root)),
+        train=dataclasses.replace(base.train, iters=6, batch_size=8, log_every=1, eval_every=0, eval_samples=8,
+                                  no_target_mask_loss=mask_loss))
+    import step_ris.engine.train as trainer
+
+    seen, counts = [], []
+    monkeypatch.setattr(trainer, "segmentation_loss",
+                        lambda logits, target, **k: seen.append((logits.shape[0], float(target.sum())))
+                        or segmentation_loss(logits, target, **k))
+    monkeypatch.setattr(trainer, "match_loss", lambda logits, target_count, **k: counts.append(target_count.clone())
+                        or match_loss(logits, target_count, **k))
+    torch.manual_seed(base.train.seed)
+    train(cfg, tmp_path / "run", progress=False)
+    assert len(seen) == len(counts) == 6
+    with_targets = [int((c > 0).sum()) for c in counts]
+    assert any(n < 8 for n in with_targets)  # the fixture's batches do hold no-target expressions
+    assert [rows for rows, _ in seen] == ([8] * 6 if mask_loss else with_targets)
+
+
+def test_segmentation_loss_of_an_empty_batch_is_zero_and_backpropagates():
+    logits = torch.zeros(0, 1, 8, 8, requires_grad=True)
+    loss, parts = segmentation_loss(logits, torch.zeros(0, 8, 8), dice_weight=1.0)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and parts == {"bce": 0.0, "dice": 0.0, "loss": 0.0}
+    assert logits.grad is not None and logits.grad.shape == (0, 1, 8, 8)
 
 
 def test_cli_and_batch_say_when_nothing_matches(root, tmp_path, capsys):

@@ -26,8 +26,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, step_logits
     """BCE (+ Dice) on the output map and, when ``step_logits`` is given, on every P_t.
 
     logits: (B, 1, S, S); target: (B, S, S); step_logits: (B, T, S/4, S/4) upsampled to S here.
-    Returns the loss and its parts (floats, for logging).
+    Returns the loss and its parts (floats, for logging). An empty batch (B = 0: every expression
+    left to the match head, ``train.no_target_mask_loss=false``) has loss 0.
     """
+    if logits.shape[0] == 0:
+        zero = logits.float().sum() * 0.0  # keeps the graph, so backward() still runs
+        return zero, {"bce": 0.0, **({"dice": 0.0} if dice_weight > 0 else {}), "loss": 0.0}
     target = target.unsqueeze(1)  # (B, 1, S, S)
     maps = [logits]
     if step_logits is not None:

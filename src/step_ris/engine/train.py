@@ -327,9 +327,13 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         else:
             images = batch["image"].to(device).contiguous(memory_format=memory)
             result = run.net(images, tokens, valid, return_intermediates=intermediates)
-    loss, parts = segmentation_loss(result.logits, batch["mask"].to(device),
-                                    step_logits=result.step_logits if t.loss_all_steps else None,
-                                    dice_weight=t.dice_weight)
+    logits, masks, step_logits = result.logits, batch["mask"].to(device), \
+        result.step_logits if t.loss_all_steps else None
+    if not t.no_target_mask_loss and result.match_logits is not None:
+        keep = (batch["target_count"] > 0).to(device)  # a no-target expression is left to the match head
+        logits, masks = logits[keep], masks[keep]
+        step_logits = step_logits[keep] if step_logits is not None else None
+    loss, parts = segmentation_loss(logits, masks, step_logits=step_logits, dice_weight=t.dice_weight)
     if result.match_logits is not None:  # the no-target decision (model.match_head), its own BCE
         matched = match_loss(result.match_logits, batch["target_count"], balanced=t.match_balance)
         loss = loss + t.match_weight * matched
