@@ -75,7 +75,7 @@ def main() -> None:
     scores = {"dataset": cfg.data.dataset, "step": ckpt["step"],
               "train_minutes": round(ckpt["train_seconds"] / 60, 1),
               "samples_seen": ckpt["step"] * cfg.train.batch_size, "checkpoint_sha256": file_sha256(snapshot),
-              "limit": args.limit, "splits": {}}
+              "limit": args.limit, "root": args.root, "splits": {}}
     if cfg.train.init_from:  # fine-tuned: the card names what it started from
         scores["init"] = init_summary(cfg.train.init_from, args.init_note)
     if "match_fit" in ckpt:  # a no-target decision fitted after training (scripts/fit_match_head.py)

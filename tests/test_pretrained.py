@@ -294,6 +294,11 @@ def test_model_card_of_a_fine_tuned_model_with_a_no_target_decision():
     scores = {"init": {"model": "runs/a", "steps": 10}, "match_fit": {"fitted_on": "shapesref-g:train",
                                                                       "samples": 40, "target_acc": 0.95}}
     card = model_card(with_head, Vocabulary(["red"]), scores)
+    held_out = model_card(with_head, Vocabulary(["red"]), {
+        "root": "data/scored-here", "limit": 10, "splits": {"val": {"oIoU": 0.5, "n": 10}},
+        "match_fit": {"fitted_on": "shapesref-g:train", "root": "data/held-out", "samples": 40}})
+    assert "fitted on `shapesref-g:train` of `data/held-out`: 40" in held_out
+    assert "--root data/scored-here --split val" in held_out and f"--root {cfg.data.root} " not in held_out
     assert "- fine-tuned from: runs/a (steps 10)" in card
     assert "no-target decision fitted on `shapesref-g:train`: 40 expressions" in card and "95% of targets" in card
     assert "empties it when nothing matches" in card and "always returns a mask" not in card

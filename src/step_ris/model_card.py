@@ -88,7 +88,8 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
                      + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in init.items() if k != "model") + ")")
     fit = scores.get("match_fit")
     if isinstance(fit, dict):  # no-target decision fitted after training (scripts/fit_match_head.py)
-        lines.append(f"- no-target decision fitted on `{fit.get('fitted_on', '?')}`: {fit.get('samples', '?')} "
+        where = f" of `{fit['root']}`" if fit.get("root") else ""  # e.g. held-out scenes, not the training set
+        lines.append(f"- no-target decision fitted on `{fit.get('fitted_on', '?')}`{where}: {fit.get('samples', '?')} "
                      "expressions, class-balanced" + (f", threshold keeping {_percent(fit['target_acc'])} of targets"
                                                       if fit.get("target_acc") else ""))
     if d.blank_language:
@@ -105,7 +106,8 @@ def model_card(cfg: ExperimentConfig, vocab: Vocabulary, scores: dict[str, Any],
         command = scores.get("command")
         if not command:
             split_arg = rows[0][0].split(":")[-1] or "SPLIT"
-            command = (f"step-ris eval --checkpoint MODEL_FOLDER --dataset {dataset} --root {d.root} "
+            root = scores.get("root") or d.root  # where the scores were measured (ship_model.py --root)
+            command = (f"step-ris eval --checkpoint MODEL_FOLDER --dataset {dataset} --root {root} "
                        f"--split {split_arg}" + (f" --limit {limit}" if limit else "") + " --json scores.json")
         lines += ["", "oIoU is the overall IoU (the paper's 'mIoU'), mIoU the mean per-expression IoU, prec@X the "
                   "fraction of expressions with IoU > X; on a generalized set gIoU, N-acc and T-acc are the "
