@@ -6,7 +6,10 @@
 The segmentation weights stay as they are; only the match head (model/match_head.py) is fitted,
 as a class-balanced logistic regression on the pooled statistics z of --per-class no-target and
 --per-class target expressions of the generalized set's --split (--target-acc 0.95 moves the
-threshold so that 95 % of the fit set's target expressions are kept). OUT becomes a run folder
+threshold so that 95 % of the fit set's target expressions are kept). Fit on expressions the model
+was not trained on (e.g. `step-ris data shapesref --generalized` with another --seed): on its own
+training scenes the model is surer of itself, and the threshold keeps fewer of val's targets than
+it promises (docs/benchmarks.md, "The bundled model, session 14"). OUT becomes a run folder
 (last.pt, config.json, vocab.json, match_fit.json) to evaluate, predict with, or ship:
 
     step-ris eval --checkpoint runs/shapes-cpu-match --dataset shapesref-g --root data/shapesref-g-cpu

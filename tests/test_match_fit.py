@@ -102,6 +102,11 @@ def test_fit_keeps_every_other_weight_and_the_masks(setup):
     new = [k for k in fitted["model"] if k not in ckpt["model"]]
     assert new and all(k.startswith("match.") for k in new)
     assert report["no_target"] == 20 and report["target"] == 20 and report["trained_on"] == "shapesref"
+    assert fitted["config"]["data"]["root"] == str(ds.data.root) == report["root"]  # a new set: named as its data
+    fitted_cfg = dict(fitted["config"]["data"], root="data/where-it-trained")  # refit on held-out scenes of its set
+    refit, refit_report = fit_match_head({**fitted, "config": {**fitted["config"], "data": fitted_cfg}}, ds,
+                                         per_class=20, progress=False)
+    assert refit["config"]["data"]["root"] == "data/where-it-trained" and refit_report["root"] == str(ds.data.root)
     kept, report_kept = fit_match_head(ckpt, ds, per_class=20, target_acc=0.9, progress=False)
     assert report_kept["T-acc (fit set)"] == pytest.approx(0.9) and report_kept["target_acc"] == 0.9
     # The head decides on the features it was fitted on as the report says.

@@ -128,7 +128,9 @@ def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: in
     up to ``per_class`` of each are drawn by ``seed``. ``target_acc`` moves the bias to an
     operating point: that share of the fit set's target expressions is kept (None: the balanced
     fit's own bias). The copy's config has ``match_head=true``
-    and names ``dataset`` as its data (the head was fitted there); its optimiser state is dropped
+    and, when ``dataset`` is another set than the one it was trained on, names it as its data (a
+    refit on held-out scenes of its own set keeps the training root; ``report["root"]`` is the
+    fit's either way); its optimiser state is dropped
     (it does not cover the head), so it is a model to use or evaluate, not a run to resume.
     """
     fitted, cfg = with_match_head(ckpt, source)
@@ -147,8 +149,10 @@ def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: in
               "N-acc (fit set)": float((decided[y == 0] == 0).float().mean()),
               "T-acc (fit set)": float((decided[y == 1] == 1).float().mean()),
               "constant features (weight 0)": int((w == 0).sum()), "features": int(w.numel())}
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset.dataset_name,
-                                                            root=str(dataset.data.root)))
+    if cfg.data.dataset != dataset.dataset_name:  # the decision makes it a model of the generalized set
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset.dataset_name,
+                                                                root=str(dataset.data.root)))
+    # (a refit on held-out scenes of the set it was trained on keeps its training data; the report names the fit's)
     out = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
     out["config"] = cfg.to_dict()
     out["model"] = {k: v.detach().clone() for k, v in fitted.state_dict().items()}
