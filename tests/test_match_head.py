@@ -167,19 +167,23 @@ def test_prediction_matched_score_and_summary(root):
     assert some.summary()["matched"] is True
 
 
-@pytest.mark.parametrize("balance", [False, True])
-def test_training_with_the_head_on_shapesref_g(root, tmp_path, monkeypatch, balance):
+def tiny_generalized_run(root, **train):
+    """The tiny preset with a match head, training on the ShapesRef-g fixture (``train``: TrainConfig changes)."""
     base = get_preset("tiny")
-    cfg = dataclasses.replace(
+    return dataclasses.replace(
         base, model=dataclasses.replace(base.model, match_head=True),
         data=dataclasses.replace(base.data, dataset="shapesref-g", root=str(root)),
-        train=dataclasses.replace(base.train, iters=4, log_every=1, eval_every=0, eval_samples=8,
-                                  match_balance=balance))
+        train=dataclasses.replace(base.train, log_every=1, eval_every=0, eval_samples=8, **train))
+
+
+@pytest.mark.parametrize("balance", [False, True])
+def test_training_with_the_head_on_shapesref_g(root, tmp_path, monkeypatch, balance):
+    cfg = tiny_generalized_run(root, iters=4, match_balance=balance)
     import step_ris.engine.train as trainer
 
     seen = []
     monkeypatch.setattr(trainer, "match_loss", lambda *a, **k: seen.append(k["balanced"]) or match_loss(*a, **k))
-    torch.manual_seed(base.train.seed)
+    torch.manual_seed(cfg.train.seed)
     result = train(cfg, tmp_path / "run", progress=False)
     assert seen == [balance] * 4  # train.match_balance reaches the head's loss on every step
     assert result["N-acc"] is not None and "gIoU" in result and result["n_no_target"] > 0
@@ -195,12 +199,7 @@ def test_training_with_the_head_on_shapesref_g(root, tmp_path, monkeypatch, bala
 
 @pytest.mark.parametrize("mask_loss", [True, False])
 def test_no_target_mask_loss_switch_picks_the_rows_the_mask_loss_sees(root, tmp_path, monkeypatch, mask_loss):
-    base = get_preset("tiny")
-    cfg = dataclasses.replace(
-        base, model=dataclasses.replace(base.model, match_head=True),
-        data=dataclasses.replace(base.data, dataset="shapesref-g", root=str(root)),
-        train=dataclasses.replace(base.train, iters=6, batch_size=8, log_every=1, eval_every=0, eval_samples=8,
-                                  no_target_mask_loss=mask_loss))
+    cfg = tiny_generalized_run(root, iters=6, batch_size=8, no_target_mask_loss=mask_loss)
     import step_ris.engine.train as trainer
 
     seen, counts = [], []
@@ -209,7 +208,7 @@ def test_no_target_mask_loss_switch_picks_the_rows_the_mask_loss_sees(root, tmp_
                         or segmentation_loss(logits, target, **k))
     monkeypatch.setattr(trainer, "match_loss", lambda logits, target_count, **k: counts.append(target_count.clone())
                         or match_loss(logits, target_count, **k))
-    torch.manual_seed(base.train.seed)
+    torch.manual_seed(cfg.train.seed)
     train(cfg, tmp_path / "run", progress=False)
     assert len(seen) == len(counts) == 6
     with_targets = [int((c > 0).sum()) for c in counts]
