@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--bf16-weights", action="store_true",
                         help="with --precision bf16: also time a copy of the model holding its convolution, "
                              "linear and LSTM weights in bf16")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time a new expression with Predictor(compile=True) (torch.compile of the "
+                             "expression path), paired with the eager one; prints the speedup")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile N new expressions (torch.profiler) and print the top operators")
     args = parser.parse_args()
@@ -169,12 +172,20 @@ def main() -> None:
             (net or predictor.model).encode_image(tensor.unsqueeze(0))
 
     extra = {}
+    if args.compile:
+        compiled = Predictor(predictor.model, predictor.vocab, image_size=predictor.image_size,
+                             max_words=predictor.max_words, batch_size=args.batch_size, precision=args.precision,
+                             compile=True)
+        start = time.perf_counter()
+        compiled.predict(encoded, next(fresh))  # the compilation (timed() warms up once more)
+        compile_s = time.perf_counter() - start
+        extra = {"new_expression_compiled": lambda: compiled.predict(encoded, next(fresh))}
     if args.bf16_weights:
         if predictor.dtype != torch.bfloat16:
             parser.error("--bf16-weights needs --precision bf16")
         twin = bf16_weights(predictor.model)
-        extra = {"encode_image_bf16_weights": lambda: encode(twin),
-                 "model_expression_bf16_weights": lambda: model_only(next(fresh), twin)}
+        extra |= {"encode_image_bf16_weights": lambda: encode(twin),
+                  "model_expression_bf16_weights": lambda: model_only(next(fresh), twin)}
 
     result = {
         "model": name,
@@ -195,7 +206,10 @@ def main() -> None:
                   "new_expression": lambda: predictor.predict(encoded, next(fresh)),
                   "model_expression": lambda: model_only(next(fresh)), **extra}, args.repeat),
     }
-    for what in ("encode_image", "model_expression") if extra else ():
+    if args.compile:
+        result["first_compiled_call_s"] = compile_s
+        result["compile_speedup_new_expression"] = result["new_expression_ms"] / result["new_expression_compiled_ms"]
+    for what in ("encode_image", "model_expression") if args.bf16_weights else ():
         result[f"bf16_weights_speedup_{what}"] = result[f"{what}_ms"] / result[f"{what}_bf16_weights_ms"]
     if not args.session_only:
         result["one_by_one_ms"] = timed(lambda: [predictor.predict(rgb, e) for e in expressions], args.repeat)

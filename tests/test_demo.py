@@ -288,3 +288,16 @@ def test_a_predictor_without_encode_still_works(predictor):
     second = app.segment(SCENE.read_bytes(), "tiny rhombus")
     assert not first.reused and not second.reused and "encoded with the expression" in second.latency_text()
     assert np.array_equal(second.prediction.mask, predictor.predict(SCENE, "tiny rhombus").mask)
+
+
+def test_demo_compile_flag_reaches_the_predictor(monkeypatch):
+    from step_ris.cli import main
+
+    seen = {}
+    monkeypatch.setattr(demo_module, "require_gradio", lambda: None)
+    monkeypatch.setattr(demo_module, "launch", lambda *a, **k: None)
+    monkeypatch.setattr(demo_module.Predictor, "from_pretrained",
+                        classmethod(lambda cls, model, **kw: seen.update(kw) or object()))
+    monkeypatch.setattr(demo_module, "build_demo", lambda predictor, examples: None)
+    assert main(["demo", "--compile"]) == 0 and seen["compile"] is True
+    assert main(["demo"]) == 0 and seen["compile"] is False

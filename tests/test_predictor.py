@@ -187,6 +187,24 @@ def test_several_expressions_equal_one_by_one(tiny, predictor):
         assert np.array_equal(p.mask, alone.mask) or np.abs(alone.probability - 0.5).min() < 1e-5
 
 
+def test_compiled_expression_path_gives_the_eager_answer(tiny, predictor):
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile on a CPU needs a C++ compiler, and this machine has none")
+    compiled = Predictor.from_pretrained(tiny["model"], compile=True)
+    assert compiled.compiled and compiled._expression_net is not compiled.model and not predictor.compiled
+    image = compiled.encode(scene(tiny))
+    expressions = ["the blue square", "the big pink hexagon on the left of the thing"]  # two lengths, padding
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    eager = predictor.predict(scene(tiny), expressions)
+    for got, want in zip(compiled.predict(image, expressions), eager, strict=True):
+        np.testing.assert_allclose(got.probability, want.probability, atol=1e-5)
+        np.testing.assert_allclose(got.steps, want.steps, atol=1e-5)
+        np.testing.assert_allclose(got.attention, want.attention, atol=1e-5)
+    assert counters["stats"]["calls_captured"] > 0  # the expressions did run through torch.compile
+
+
 def test_every_kind_of_image_input_gives_the_same_answer(tiny, predictor, tmp_path):
     path = tiny["image"]
     expected = predictor.predict(path, "the blue thing").probability

@@ -341,7 +341,8 @@ def cmd_predict(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import serve
 
-    serve(model=args.model, host=args.host, port=args.port, examples=args.examples, device=args.device)
+    serve(model=args.model, host=args.host, port=args.port, examples=args.examples, device=args.device,
+          compile=args.compile)
     return 0
 
 
@@ -400,6 +401,8 @@ def _register_inference_commands(sub) -> None:
     p.add_argument("--model", default="shapes-cpu", help="bundled model name, model folder or checkpoint")
     p.add_argument("--examples", help="folder of example images (default: the bundled examples)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each phrase's path: slow first phrases (compilations), faster later ones")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a model: ONNX file, or a shipped model folder from a checkpoint")

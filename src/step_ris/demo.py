@@ -397,11 +397,11 @@ def _free_port(host: str) -> int:
 
 
 def serve(model: str = "shapes-cpu", host: str = "127.0.0.1", port: int = 7860, examples: str | None = None,
-          device: str = "cpu") -> None:
-    """Load ``model`` and serve the demo until Ctrl-C."""
+          device: str = "cpu", compile: bool = False) -> None:
+    """Load ``model`` and serve the demo until Ctrl-C (``compile``: ``Predictor(compile=True)``)."""
     require_gradio()  # before loading the model
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
-    predictor = Predictor.from_pretrained(model, device=device)
+    predictor = Predictor.from_pretrained(model, device=device, compile=compile)
     launch(build_demo(predictor, examples), host, port)
 
 

@@ -186,17 +186,24 @@ class Predictor:
         precision: "fp32" (default), "bf16" or "auto" (bf16 where the GPU / CPU runs it fast, and
             fp32 for a model with a no-target decision; ``step_ris.precision.model_precision``).
             Outputs are float32 either way.
+        compile: run each expression's part of the model (language side, Eqs. 1-10) through
+            ``torch.compile``: the first expressions pay compilations (tens of seconds on a CPU; a
+            new expression length or batch size can compile once more), later ones run faster
+            (paper-1fold: docs/benchmarks.md). For a long-lived predictor (the demo, a server),
+            not for one CLI call. Needs a C++ compiler on a CPU.
     """
 
     def __init__(self, model: STEPModel, vocab: Vocabulary, *, image_size: int, max_words: int = 20,
                  threshold: float = THRESHOLD, device: str | torch.device = "cpu", batch_size: int = 8,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32"):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32", compile: bool = False):
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold={threshold} must be between 0 and 1 (exclusive); the paper uses 0.5")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.compiled = bool(compile)
+        self._expression_net = torch.compile(self.model) if compile else self.model  # same weights, shared
         self.vocab = vocab
         self.image_size = image_size
         self.max_words = max_words
@@ -212,7 +219,8 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "shapes-cpu", device: str | torch.device = "cpu", *,
                         threshold: float = THRESHOLD, batch_size: int = 8,
-                        max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32") -> Predictor:
+                        max_pixels: int | None = DEFAULT_MAX_PIXELS, precision: str = "fp32",
+                        compile: bool = False) -> Predictor:
         """A predictor for a bundled model name, a model folder, a run folder, a checkpoint or ``hf-hub:org/name``.
 
         See ``pretrained.load_pretrained`` for what ``name_or_path`` may be; the other
@@ -223,7 +231,8 @@ class Predictor:
         loaded = load_pretrained(name_or_path, device=device)
         m = loaded.config.model
         predictor = cls(loaded.model, loaded.vocab, image_size=m.image_size, max_words=m.max_words, device=device,
-                        threshold=threshold, batch_size=batch_size, max_pixels=max_pixels, precision=precision)
+                        threshold=threshold, batch_size=batch_size, max_pixels=max_pixels, precision=precision,
+                        compile=compile)
         predictor.source, predictor.scores, predictor.config = loaded.source, loaded.scores, loaded.config
         return predictor
 
@@ -326,7 +335,7 @@ class Predictor:
                     tokens[row, : len(q.ids)] = torch.tensor(q.ids)
                 valid = torch.tensor([[h, w]], dtype=torch.int64).expand(len(chunk), 2)  # (B, 2)
                 with autocast(self.device, self.dtype):
-                    result = self.model(None, tokens.to(self.device), valid.to(self.device),
+                    result = self._expression_net(None, tokens.to(self.device), valid.to(self.device),
                                         features=image.encoding, return_intermediates=True)  # batch 1 broadcast to B
                 probs = torch.sigmoid(result.logits.float())[:, 0].cpu()  # (B, S, S)
                 prob = unletterbox(probs, (h, w), (H, W)).clamp_(0, 1).numpy()  # (B, H, W)
