@@ -274,3 +274,10 @@ def test_torchrun_two_cpu_processes(shapes, tmp_path):
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["step"] == 3
     assert ckpt["history"][-1]["samples"] == 3 * 2 * 2  # 3 steps x batch 2 x 2 processes
+
+
+def test_compile_with_bf16_on_the_cpu_is_refused_before_anything_is_written(shapes, tmp_path):
+    cfg = tiny(shapes, "train.compile=true", "train.precision=bf16", "train.iters=2")
+    with pytest.raises(TrainingError, match="train.compile=true with train.precision=bf16 gives NaN gradients"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -114,7 +114,7 @@ class TrainConfig:
     precision: Precision = "fp32"  # autocast: fp32 | bf16 | auto (bf16 where the CPU or GPU has it; precision.py)
     channels_last: bool = False  # NHWC memory format for the convolutions (faster with mkldnn / cuDNN)
     sentences_per_image: int = 1  # K > 1: a batch is B/K images x K of their sentences, each image encoded once
-    compile: bool = False  # torch.compile the model (CUDA mainly; off by default)
+    compile: bool = False  # torch.compile the model (CUDA mainly; refused with bf16 on a CPU: NaN gradients)
     grad_clip: float = 0.0  # 0 = off
     nonfinite_skips: int = 3  # a step whose loss or gradient is not finite is skipped; stop after more in a row
     seed: int = 0

@@ -186,6 +186,12 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, devic
 def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None, progress: bool) -> Run:
     """Everything before the first step: device, process group, data, model, optimiser, caches."""
     device = resolve_device(device)
+    precision = resolve_precision("bf16" if cfg.train.amp else cfg.train.precision, device)
+    if cfg.train.compile and precision == torch.bfloat16 and torch.device(device).type == "cpu":
+        # Measured (session 14, torch 2.14.1): every step's gradient norm was NaN, from the first one.
+        raise TrainingError("train.compile=true with train.precision=bf16 gives NaN gradients on the CPU "
+                            "(torch.compile of bf16 autocast's backward); set train.compile=false (bf16 alone "
+                            "is the faster path here, docs/benchmarks.md) or train.precision=fp32")
     rank, world = init_distributed(device)
     if rank == 0:
         _prepare_out(out, resume)
@@ -282,7 +288,6 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"))
-    precision = resolve_precision("bf16" if t.amp else t.precision, device)
     log.info("training in %s on %s", precision_name(precision), device)
     return Run(cfg=cfg, out=out, device=device, rank=rank, world=world, vocab=vocab, model=model, net=net,
                params=params, optimizer=optimizer, val_set=val_set, cache=cache, val_cache=val_cache, loader=loader,
