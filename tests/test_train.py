@@ -281,3 +281,10 @@ def test_compile_with_bf16_on_the_cpu_is_refused_before_anything_is_written(shap
     with pytest.raises(TrainingError, match="train.compile=true with train.precision=bf16 gives NaN gradients"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_no_target_mask_loss_off_without_a_match_head_is_refused(shapes, tmp_path):
+    cfg = tiny(shapes, "train.no_target_mask_loss=false", "train.iters=2")
+    with pytest.raises(TrainingError, match=r"no_target_mask_loss=false .* add --set model.match_head=true"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -149,10 +149,11 @@ def fit_match_head(ckpt: dict[str, Any], dataset: ReferDataset, *, per_class: in
               "N-acc (fit set)": float((decided[y == 0] == 0).float().mean()),
               "T-acc (fit set)": float((decided[y == 1] == 1).float().mean()),
               "constant features (weight 0)": int((w == 0).sum()), "features": int(w.numel())}
-    if cfg.data.dataset != dataset.dataset_name:  # the decision makes it a model of the generalized set
+    # The decision makes a model of another set one of the generalized set; a refit on held-out scenes of
+    # the set it was trained on keeps its training data (the report names the fit's data either way).
+    if cfg.data.dataset != dataset.dataset_name:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=dataset.dataset_name,
                                                                 root=str(dataset.data.root)))
-    # (a refit on held-out scenes of the set it was trained on keeps its training data; the report names the fit's)
     out = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scheduler", "scaler")}
     out["config"] = cfg.to_dict()
     out["model"] = {k: v.detach().clone() for k, v in fitted.state_dict().items()}

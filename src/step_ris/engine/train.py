@@ -192,6 +192,9 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
         raise TrainingError("train.compile=true with train.precision=bf16 gives NaN gradients on the CPU "
                             "(torch.compile of bf16 autocast's backward); set train.compile=false (bf16 alone "
                             "is the faster path here, docs/benchmarks.md) or train.precision=fp32")
+    if not cfg.train.no_target_mask_loss and not cfg.model.match_head:  # nothing would decide the no-target ones
+        raise TrainingError("train.no_target_mask_loss=false leaves no-target expressions to the no-target "
+                            "decision, and the model has none: add --set model.match_head=true")
     rank, world = init_distributed(device)
     if rank == 0:
         _prepare_out(out, resume)
@@ -332,9 +335,9 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         else:
             images = batch["image"].to(device).contiguous(memory_format=memory)
             result = run.net(images, tokens, valid, return_intermediates=intermediates)
-    logits, masks, step_logits = result.logits, batch["mask"].to(device), \
-        result.step_logits if t.loss_all_steps else None
-    if not t.no_target_mask_loss and result.match_logits is not None:
+    logits, masks = result.logits, batch["mask"].to(device)
+    step_logits = result.step_logits if t.loss_all_steps else None
+    if not t.no_target_mask_loss:
         keep = (batch["target_count"] > 0).to(device)  # a no-target expression is left to the match head
         logits, masks = logits[keep], masks[keep]
         step_logits = step_logits[keep] if step_logits is not None else None
