@@ -6,7 +6,10 @@ a mask split over several objects, or a partial or empty mask.
 
 The candidate set is the ``of`` filter of the expression's logical form (ShapesRef writes one per
 sentence, docs/shapesref.md). Each predicted mask is matched to the object it overlaps best (IoU);
-docs/recipes.md ("Fourth round") has the measured table.
+docs/recipes.md ("Fourth round", "Thirteenth round") has the measured tables. A second table splits
+each family: ordinals that need counting (the head fits more objects than the index) against
+those whose index-th object is also the last one counted, the other extreme ("the second of two
+circles from the left"); relations by kind (half-plane, cone, distance).
 """
 
 from __future__ import annotations
@@ -29,6 +32,17 @@ def candidates(logical_form: dict, attributes: dict[int, dict]) -> set[int]:
         return set()
     return {i for i, a in attributes.items()
             if all(of.get(key) is None or a[key] == of[key] for key in ("shape", "colour", "size"))}
+
+
+def subgroup(logical_form: dict, attributes: dict[int, dict]) -> str:
+    """The part of its family an expression belongs to (see the module docstring)."""
+    if logical_form.get("op") == "ordinal":
+        fits = len(candidates(logical_form, attributes))
+        return "ordinal, counting" if fits > logical_form["index"] else "ordinal, last counted"
+    relation = logical_form.get("relation", "")
+    kind = "distance" if relation in ("nearest", "farthest") else "cone" if relation.startswith("directly") \
+        else "half-plane"
+    return f"relational, {kind}"
 
 
 def classify(pred: np.ndarray, masks: dict[int, np.ndarray], referent: int, cands: set[int]) -> str:
@@ -71,6 +85,7 @@ def main() -> None:
     for a in data.anns.values():
         anns_of[a["image_id"]].append(a)
     counts = {f: collections.Counter() for f in FAMILIES}
+    parts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     done = 0
     with tqdm(total=min(args.limit, len(samples)), unit="expr") as bar:
         for image_id, group in by_image.items():
@@ -82,15 +97,19 @@ def main() -> None:
             attributes = {a["id"]: a["attributes"] for a in anns}
             for s, out in zip(group, predictor.predict(data.image_path(image_id), [s.sentence["sent"] for s in group]),
                               strict=True):
-                kind = classify(out.mask, masks, s.ref["ann_id"], candidates(s.sentence["logical_form"], attributes))
+                form = s.sentence["logical_form"]
+                kind = classify(out.mask, masks, s.ref["ann_id"], candidates(form, attributes))
                 counts[s.sentence["family"]][kind] += 1
+                parts[subgroup(form, attributes)][kind] += 1
             done += len(group)
             bar.update(len(group))
-    print("| family | n | " + " | ".join(KINDS) + " |")
-    print("|---|---|" + "---|" * len(KINDS))
-    for family, c in counts.items():
-        n = sum(c.values())
-        print(f"| {family} | {n} | " + " | ".join(f"{c[k] / max(n, 1):.3f}" for k in KINDS) + " |")
+    for title, table in (("family", counts), ("part of the family", dict(sorted(parts.items())))):
+        print(f"| {title} | n | " + " | ".join(KINDS) + " |")
+        print("|---|---|" + "---|" * len(KINDS))
+        for name, c in table.items():
+            n = sum(c.values())
+            print(f"| {name} | {n} | " + " | ".join(f"{c[k] / max(n, 1):.3f}" for k in KINDS) + " |")
+        print()
 
 
 if __name__ == "__main__":

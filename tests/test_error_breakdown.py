@@ -36,6 +36,17 @@ def test_candidate_set_is_the_of_filter():
     assert eb.candidates({"op": "filter", "shape": "circle"}, ATTRS) == set()  # no "of": no candidate set
 
 
+def test_subgroups_of_ordinals_and_relations():
+    circles = {"op": "filter", "shape": "circle", "colour": None, "size": None}
+    assert eb.subgroup({"op": "ordinal", "of": circles, "index": 2}, ATTRS) == "ordinal, last counted"  # 2 circles
+    three = {**ATTRS, 4: {"shape": "circle", "colour": "red", "size": "small"}}
+    assert eb.subgroup({"op": "ordinal", "of": circles, "index": 2}, three) == "ordinal, counting"
+    assert eb.subgroup({"op": "ordinal", "of": circles, "index": 3}, three) == "ordinal, last counted"
+    for relation, kind in (("left_of", "half-plane"), ("directly_above", "cone"), ("nearest", "distance"),
+                           ("farthest", "distance")):
+        assert eb.subgroup({"op": "relate", "of": circles, "relation": relation}, ATTRS) == f"relational, {kind}"
+
+
 def test_each_failure_kind():
     cands = {1, 2}
     assert eb.classify(MASKS[1], MASKS, 1, cands) == "right object"
@@ -52,8 +63,11 @@ def test_script_prints_a_row_per_family(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["error_breakdown.py", "--model", "shapes-cpu", "--root", str(data),
                                       "--limit", "6", "--split", "train"])
     eb.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| ordinal", "| relational"))]
-    assert len(rows) == 2
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if line.startswith(("| ordinal |", "| relational |"))]
+    parts = [line for line in out if line.startswith(("| ordinal, ", "| relational, "))]
+    assert len(rows) == 2 and 1 <= len(parts) <= 5
+    assert sum(int(r.strip("|").split("|")[1]) for r in parts) == 6
     shares = [[float(v) for v in r.strip("|").split("|")[2:]] for r in rows]
     counts = [int(r.strip("|").split("|")[1]) for r in rows]
     assert sum(counts) == 6

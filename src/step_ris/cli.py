@@ -54,7 +54,8 @@ def cmd_data_shapesref(args) -> int:
 
     summary = generate_shapesref(Path(args.out), images=args.images, seed=args.seed, size=args.size,
                                  progress=not args.quiet, occlusion=not args.no_occlusion, overwrite=args.overwrite,
-                                 generalized=args.generalized, extra_train=args.extra_train)
+                                 generalized=args.generalized, extra_train=args.extra_train,
+                                 counting_ordinals=args.counting_ordinals)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
     q.add_argument("--extra-train", type=int, default=0, metavar="N",
                    help="append N more scenes, all in train; val and test stay those of the same call without it")
+    q.add_argument("--counting-ordinals", action="store_true",
+                   help="train split only: prefer ordinals that need counting (\"the second of three circles\") "
+                        "to ones that are also the other extreme; val and test unchanged (docs/shapesref.md)")
     q.add_argument("--no-occlusion", action="store_true", help="never let objects overlap")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier ShapesRef output in --out")
     q.add_argument("--generalized", action="store_true",

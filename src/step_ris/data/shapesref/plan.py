@@ -139,8 +139,12 @@ def _heads(idx: SceneIndex, ref: int, exclude: int | None = None) -> list[Filter
 
 
 def _candidates(family: str, idx: SceneIndex, ref: int, rng: np.random.Generator,
-                location_free: bool) -> list[Form]:
-    """All forms of ``family`` worth trying for ``ref`` (not yet checked), in random order."""
+                location_free: bool, counting_ordinals: bool = False) -> list[Form]:
+    """All forms of ``family`` worth trying for ``ref`` (not yet checked), in random order.
+
+    ``counting_ordinals`` moves the ordinals whose head fits more objects than the index ("the
+    second of three circles") before those where the index-th is also the last one counted ("the
+    second of two circles" is the other extreme), keeping the random order within each group."""
     forms: list[Form] = []
     if family == "attribute":
         forms = [f for f in idx.filters_of(ref) if f.n_attributes() > 0]
@@ -158,6 +162,9 @@ def _candidates(family: str, idx: SceneIndex, ref: int, rng: np.random.Generator
         orders = SIZE_ORDERS if location_free else ORDERS
         forms = [Ordinal(h, o, k) for h in _heads(idx, ref) for o in orders for k in ORDINAL_INDICES
                  if k == 2 or o not in SIZE_ORDERS]  # "third smallest" of three is just "biggest"
+        if counting_ordinals:
+            shuffled = _shuffled(forms, rng)
+            return sorted(shuffled, key=lambda f: len(idx.matches(f.of)) <= f.index)  # stable
     elif family == "comparative":
         directions = SIZE_COMPARISONS if location_free else COMPARISONS
         forms = [Compare(h, d) for h in idx.filters_of(ref) if len(idx.matches(h)) == 2 for d in directions]
@@ -165,9 +172,10 @@ def _candidates(family: str, idx: SceneIndex, ref: int, rng: np.random.Generator
 
 
 def find_form(family: str, idx: SceneIndex, ref: int, rng: np.random.Generator, *,
-              location_free: bool, exclude: frozenset[Form] = frozenset()) -> Form | None:
+              location_free: bool, exclude: frozenset[Form] = frozenset(),
+              counting_ordinals: bool = False) -> Form | None:
     """A random form of ``family`` that denotes exactly ``ref``, or None."""
-    for form in _candidates(family, idx, ref, rng, location_free):
+    for form in _candidates(family, idx, ref, rng, location_free, counting_ordinals):
         if form in exclude or (location_free and uses_location(form)):
             continue
         if evaluate(form, idx.objects) == [ref]:
@@ -188,12 +196,12 @@ def _phrase(form: Form, family: str, rng: np.random.Generator, location_free: bo
 
 def plan_sentences(idx: SceneIndex, ref: int, families: tuple[str, ...], n_sentences: int,
                    rng: np.random.Generator, balancer: FamilyBalancer, key: tuple[str, str],
-                   location_free: bool) -> tuple[PlannedSentence, ...]:
+                   location_free: bool, counting_ordinals: bool = False) -> tuple[PlannedSentence, ...]:
     """Up to ``n_sentences`` expressions for ``ref``: distinct families first, then rephrasings."""
     order = balancer.order(key, families, rng)
     found: list[tuple[str, Form]] = []
     for family in order:
-        form = find_form(family, idx, ref, rng, location_free=location_free)
+        form = find_form(family, idx, ref, rng, location_free=location_free, counting_ordinals=counting_ordinals)
         if form is not None:
             found.append((family, form))
             if len(found) == n_sentences:
@@ -204,7 +212,8 @@ def plan_sentences(idx: SceneIndex, ref: int, families: tuple[str, ...], n_sente
         family, form = found[k % len(found)]
         if k >= len(found):  # second expression in the same family: another form if there is one
             used = frozenset(s.form for s in out)
-            form = find_form(family, idx, ref, rng, location_free=location_free, exclude=used) or form
+            form = find_form(family, idx, ref, rng, location_free=location_free, exclude=used,
+                             counting_ordinals=counting_ordinals) or form
         sentence = _phrase(form, family, rng, location_free, taken)
         if sentence is not None:
             out.append(sentence)
@@ -214,8 +223,12 @@ def plan_sentences(idx: SceneIndex, ref: int, families: tuple[str, ...], n_sente
 
 
 def plan_refs(objects: list[dict], split: str, rng: np.random.Generator,
-              balancer: FamilyBalancer) -> list[PlannedRef]:
-    """Referents (in random order, so no object type is favoured) and their expressions."""
+              balancer: FamilyBalancer, counting_ordinals: bool = False) -> list[PlannedRef]:
+    """Referents (in random order, so no object type is favoured) and their expressions.
+
+    ``counting_ordinals`` applies to the train split only (see :func:`_candidates`), so val and
+    test keep the benchmark's own mix."""
+    counting_ordinals = counting_ordinals and split == "train"
     idx = SceneIndex(objects)
     n_refs = int(rng.integers(REFS_PER_IMAGE[0], REFS_PER_IMAGE[1] + 1))
     refs: list[PlannedRef] = []
@@ -225,7 +238,7 @@ def plan_refs(objects: list[dict], split: str, rng: np.random.Generator,
             n = int(rng.integers(SENTENCES_PER_REF[0], SENTENCES_PER_REF[1] + 1))
             sentences[dataset] = plan_sentences(
                 idx, ref, split_families(dataset, split), n, rng, balancer, (dataset, split),
-                location_free=dataset == "shapesref+")
+                location_free=dataset == "shapesref+", counting_ordinals=counting_ordinals)
             if not sentences["shapesref"]:
                 break
         if sentences["shapesref"]:

@@ -258,12 +258,12 @@ def _dump_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def _generate_image(seed: int, index: int, size: int, split: str, occlusion: bool,
-                    balancer: FamilyBalancer) -> tuple[Scene, dict[str, int], list[dict], list[PlannedRef]]:
+def _generate_image(seed: int, index: int, size: int, split: str, occlusion: bool, balancer: FamilyBalancer,
+                    counting_ordinals: bool = False) -> tuple[Scene, dict[str, int], list[dict], list[PlannedRef]]:
     for attempt in range(MAX_SCENE_ATTEMPTS):
         scene = make_scene(seed, index, attempt, size, occlusion)
         objects = image_objects(scene)
-        planned = plan_refs(objects, split, scene_rng(seed, index, attempt, 1), balancer)
+        planned = plan_refs(objects, split, scene_rng(seed, index, attempt, 1), balancer, counting_ordinals)
         if planned:
             return scene, {"seed": seed, "index": index, "attempt": attempt}, objects, planned
     raise RuntimeError(f"no describable referent in {MAX_SCENE_ATTEMPTS} scenes for image {index}")
@@ -345,7 +345,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFAULT_SIZE, *,
                        progress: bool = True, occlusion: bool = True, overwrite: bool = False,
                        split_ratios: Mapping[str, float] | None = None, generalized: bool = False,
-                       extra_train: int = 0) -> dict[str, Any]:
+                       extra_train: int = 0, counting_ordinals: bool = False) -> dict[str, Any]:
     """Generate ShapesRef and ShapesRef+ under ``out`` (REFER layout); returns a summary.
 
     ``extra_train`` appends that many more scenes, all in the train split, after the ``images``
@@ -354,6 +354,11 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     With ``generalized=True`` the ShapesRef-g refs keep their content and order, but the new
     (no-target and multi-target) refs are numbered after the last annotation and sentence, so
     their ``ref_id`` and ``sent_ids`` move.
+
+    ``counting_ordinals=True`` changes the train split alone: an ordinal whose head fits more objects
+    than its index ("the second of three circles") is tried before one whose index-th object is also
+    the last one counted, which is the other extreme ("the second of two circles from the left" is
+    the rightmost one). Val and test are those of the same call without it (docs/shapesref.md).
 
     ``generalized=True`` also writes ShapesRef-g (``shapesref-g/``, gRefCOCO layout): ShapesRef's refs
     plus no-target and multi-target ones (``NO_TARGET_SHARE`` and ``MULTI_TARGET_SHARE`` of the
@@ -373,8 +378,9 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
     seed = _check_int("seed", seed, 0)
     size = _check_int("size", size, MIN_SIZE, MAX_SIZE)
     ratios = _check_ratios(split_ratios)
-    if not isinstance(generalized, bool):
-        raise ValueError(f"generalized must be True or False, got {generalized!r}")
+    for name, flag in (("generalized", generalized), ("counting_ordinals", counting_ordinals)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     out = Path(out)
     _check_out(out, overwrite)
     splits = _assign_splits(images, seed, ratios) + ["train"] * extra_train
@@ -389,7 +395,8 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
         g_balancer, quota = FamilyBalancer(), GeneralizedQuota()
         width = max(6, len(str(total)))
         for index in tqdm(range(total), total=total, disable=not progress, desc="shapesref", unit="img"):
-            scene, key, objects, planned = _generate_image(seed, index, size, splits[index], occlusion, balancer)
+            scene, key, objects, planned = _generate_image(seed, index, size, splits[index], occlusion, balancer,
+                                                           counting_ordinals)
             file_name = f"shapesref_{index:0{width}d}.png"
             (tmp / IMAGE_SUBDIR / file_name).write_bytes(_png_bytes(render_scene(scene)[0]))
             extra = _generalized_refs(key, objects, splits[index], planned, g_balancer, quota) if generalized else None
@@ -397,6 +404,8 @@ def generate_shapesref(out: Path | str, images: int, seed: int, size: int = DEFA
         params = {"images": images, "seed": seed, "size": size, "occlusion": occlusion, "split_ratios": ratios}
         if extra_train:  # only then: the manifest of a run without it stays byte-identical
             params["extra_train"] = extra_train
+        if counting_ordinals:  # likewise
+            params["counting_ordinals"] = True
         summary = _summary(builder, splits)
         grefs = builder.final_grefs() if generalized else None
         if generalized:  # only then: the manifest of a plain run stays byte-identical
