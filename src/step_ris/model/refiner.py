@@ -38,6 +38,11 @@ profile lie up to the cell from either side (a soft count, for "the second circl
 A 3x3 ConvRNN sees only a few cells per step; these maps see the whole row or column at once.
 On ShapesRef they did not lift relations or ordinals (docs/recipes.md, eighth round); "none" is
 the default.
+
+Beyond the paper, ``context="centroid"`` gives the ConvRNN, beside Q_t, three maps of where each cell
+lies from the heatmap's centre of mass (docs/model.md, choice 22): the offsets along x and y and the
+distance. When a step marks the landmark of "the circle nearest to the green star", every cell then
+knows how far it is from it, which no 3x3 step nor the frozen backbone can tell it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 PROFILE_EPS = 1e-6  # keeps the profile's normalisation defined on an all-zero heatmap
+MASS_EPS = 1e-6  # keeps the centre of mass defined on an all-zero heatmap (it is then the grid's centre)
+DISTANCE_EPS = 1e-6  # keeps the distance's gradient finite at the centre itself
 
 
 def _modulate(gates: torch.Tensor, modulation) -> torch.Tensor:
@@ -163,9 +170,30 @@ def directional_context(q: torch.Tensor) -> torch.Tensor:
     return torch.cat(maps, dim=1)
 
 
-# What the ConvRNN reads besides Q_t (``model.refiner_context``): "none" (the paper) or
-# "directional" (directional_context). config.RefinerContext lists the same names.
-CONTEXTS = {"none": 0, "directional": 8}  # name -> extra input channels
+def centroid_context(q: torch.Tensor) -> torch.Tensor:
+    """The three maps of ``context="centroid"`` (see the module docstring), per channel.
+
+    q: (B, C, H, W) heatmaps -> (B, 3C, H, W): for each channel in turn, x - c_x, y - c_y and
+    sqrt((x - c_x)^2 + (y - c_y)^2 + 1e-6), where x, y run from -1 to 1 across the grid and
+    (c_x, c_y) is the centre of mass of max(0, Q_t) (the grid's centre for an all-zero map).
+    """
+    b, c, h, w = q.shape
+    weights = q.clamp_min(0)
+    weights = weights / (weights.sum(dim=(2, 3), keepdim=True) + MASS_EPS)
+    xs = torch.linspace(-1, 1, w, device=q.device, dtype=q.dtype)
+    ys = torch.linspace(-1, 1, h, device=q.device, dtype=q.dtype)
+    cx = (weights.sum(dim=2) * xs).sum(dim=-1)[:, :, None, None]  # (B, C, 1, 1)
+    cy = (weights.sum(dim=3) * ys).sum(dim=-1)[:, :, None, None]
+    dx = (xs.view(1, 1, 1, w) - cx).expand(b, c, h, w)
+    dy = (ys.view(1, 1, h, 1) - cy).expand(b, c, h, w)
+    distance = torch.sqrt(dx * dx + dy * dy + DISTANCE_EPS)
+    return torch.stack([dx, dy, distance], dim=2).reshape(b, 3 * c, h, w)
+
+
+# What the ConvRNN reads besides Q_t (``model.refiner_context``): "none" (the paper), "directional"
+# (directional_context) or "centroid" (centroid_context). config.RefinerContext lists the same names.
+CONTEXTS = {"none": 0, "directional": 8, "centroid": 3}  # name -> extra input channels
+CONTEXT_MAPS = {"directional": directional_context, "centroid": centroid_context}
 
 # How the sentence reaches the refiner (``model.refiner_text``): "none" only through Q_t (the paper),
 # "film" also through s_t modulating the input gates. config.RefinerText lists the same names.
@@ -191,7 +219,8 @@ class Refiner(nn.Module):
         dilation: of the recurrent convolutions R^* (1 in the paper; see the module docstring).
         text: "none" (the paper) or "film": s_t modulates the input gates (see the module docstring).
         text_dim: the size of s_t, needed with ``text="film"``.
-        context: "none" (the paper) or "directional": the ConvRNN also reads directional_context(Q_t).
+        context: "none" (the paper), "directional" or "centroid": the ConvRNN also reads
+            directional_context(Q_t) or centroid_context(Q_t).
         heads: channels of Q_t (1 in the paper; ``model.q_heads``, see model/co_embedding.py).
 
     Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state, s_t)`` for
@@ -259,7 +288,7 @@ class Refiner(nn.Module):
                 raise ValueError("this refiner reads s_t (text='film'): pass it to step(q, state, text)")
             gamma, beta = self.film(text)[:, :, None, None].chunk(2, dim=1)  # each (B, gates, 1, 1)
             modulation = (gamma, beta)
-        x = q if self.context == "none" else torch.cat([q, directional_context(q).to(q.dtype)], dim=1)
+        x = q if self.context == "none" else torch.cat([q, CONTEXT_MAPS[self.context](q).to(q.dtype)], dim=1)
         out, state = self.cell(x, state, modulation)
         return self.head(out), state
 
