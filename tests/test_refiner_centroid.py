@@ -14,7 +14,15 @@ import torch
 
 from step_ris.config import get_preset
 from step_ris.model import build_model
-from step_ris.model.refiner import CONTEXTS, DISTANCE_EPS, MASS_EPS, Refiner, centroid_context
+from step_ris.model.refiner import (
+    CONTEXTS,
+    DISTANCE_EPS,
+    MASS_EPS,
+    Refiner,
+    centroid_context,
+    directional_and_centroid_context,
+    directional_context,
+)
 
 
 def reference_centroid(q: torch.Tensor) -> torch.Tensor:
@@ -83,3 +91,15 @@ def test_the_model_trains_through_the_centroid_context():
     out.logits.sum().backward()
     grad = model.refiner.cell.input_gates.weight.grad  # (3F, 4, k, k)
     assert grad.shape[1] == 4 and grad[:, 1:].abs().sum() > 0
+
+
+def test_both_contexts_are_the_two_in_turn():
+    q = torch.rand(2, 1, 6, 8)
+    both = directional_and_centroid_context(q)
+    torch.testing.assert_close(both, torch.cat([directional_context(q), centroid_context(q)], dim=1))
+    refiner = Refiner(cell="convgru", filters=4, context="directional+centroid")
+    assert refiner.cell.input_gates.in_channels == 1 + CONTEXTS["directional+centroid"] == 12
+    with torch.no_grad():
+        logits, _ = refiner.step(q, None)
+        out, _ = refiner.cell(torch.cat([q, both], dim=1), None)
+    torch.testing.assert_close(logits, refiner.head(out))

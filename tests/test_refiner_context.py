@@ -100,7 +100,8 @@ def test_the_model_trains_through_the_context():
 def test_context_settings_are_checked():
     assert set(typing.get_args(config.RefinerContext)) == set(CONTEXTS)
     assert typing.get_type_hints(ModelConfig)["refiner_context"] is config.RefinerContext
-    with pytest.raises(ValueError, match="refiner context='radial'; choose one of: none, directional, centroid"):
+    with pytest.raises(ValueError, match="refiner context='radial'; choose one of: none, directional, centroid, "
+                                         "directional\\+centroid"):
         Refiner(cell="convgru", filters=4, context="radial")
     with pytest.raises(ValueError, match="needs a ConvRNN cell"):
         Refiner(cell="conv1x1", filters=4, context="directional")

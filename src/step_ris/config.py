@@ -27,7 +27,7 @@ Encoder = Literal["bilstm", "lstm"]
 QNorm = Literal["none", "max", "minmax"]
 Precision = Literal["fp32", "bf16", "auto"]
 RefinerText = Literal["none", "film"]
-RefinerContext = Literal["none", "directional", "centroid"]
+RefinerContext = Literal["none", "directional", "centroid", "directional+centroid"]
 Init = Literal["pytorch", "xavier", "xavier-positive-bias", "data"]
 
 
@@ -73,7 +73,7 @@ class ModelConfig:
     kernel: int = 3
     refiner_dilation: int = 1  # beyond the paper: dilation of the recurrent convolutions R^* (docs/model.md, 18)
     refiner_text: RefinerText = "none"  # beyond the paper: "film", s_t modulates the ConvRNN's input gates (19)
-    refiner_context: RefinerContext = "none"  # beyond the paper: "directional" (20) or "centroid" (22), maps of Q_t
+    refiner_context: RefinerContext = "none"  # beyond the paper: "directional" (20), "centroid" (22) or both
     folds: int = 1  # K; T = 5K steps
     reverse: bool = False  # "reverse STEP": levels F5 -> F1
     # Beyond the paper: a no-target decision for expressions that match nothing (model/match_head.py)

@@ -190,10 +190,16 @@ def centroid_context(q: torch.Tensor) -> torch.Tensor:
     return torch.stack([dx, dy, distance], dim=2).reshape(b, 3 * c, h, w)
 
 
+def directional_and_centroid_context(q: torch.Tensor) -> torch.Tensor:
+    """Both: directional_context(q) then centroid_context(q) -> (B, 11C, H, W)."""
+    return torch.cat([directional_context(q), centroid_context(q)], dim=1)
+
+
 # What the ConvRNN reads besides Q_t (``model.refiner_context``): "none" (the paper), "directional"
-# (directional_context) or "centroid" (centroid_context). config.RefinerContext lists the same names.
-CONTEXTS = {"none": 0, "directional": 8, "centroid": 3}  # name -> extra input channels
-CONTEXT_MAPS = {"directional": directional_context, "centroid": centroid_context}
+# (directional_context), "centroid" (centroid_context) or both. config.RefinerContext lists the same names.
+CONTEXT_MAPS = {"directional": directional_context, "centroid": centroid_context,
+                "directional+centroid": directional_and_centroid_context}
+CONTEXTS = {"none": 0, "directional": 8, "centroid": 3, "directional+centroid": 11}  # name -> extra input channels
 
 # How the sentence reaches the refiner (``model.refiner_text``): "none" only through Q_t (the paper),
 # "film" also through s_t modulating the input gates. config.RefinerText lists the same names.
@@ -219,8 +225,8 @@ class Refiner(nn.Module):
         dilation: of the recurrent convolutions R^* (1 in the paper; see the module docstring).
         text: "none" (the paper) or "film": s_t modulates the input gates (see the module docstring).
         text_dim: the size of s_t, needed with ``text="film"``.
-        context: "none" (the paper), "directional" or "centroid": the ConvRNN also reads
-            directional_context(Q_t) or centroid_context(Q_t).
+        context: "none" (the paper), "directional", "centroid" or "directional+centroid": the ConvRNN
+            also reads directional_context(Q_t), centroid_context(Q_t) or both.
         heads: channels of Q_t (1 in the paper; ``model.q_heads``, see model/co_embedding.py).
 
     Use ``state = refiner.start(q_1)`` then ``logits_t, state = refiner.step(q_t, state, s_t)`` for
