@@ -77,6 +77,13 @@ def test_the_convrnn_reads_q_and_the_offsets(cell):
     assert (refiner.head(blind) - logits).abs().max() > 1e-4
 
 
+def test_bf16_heatmaps_are_summed_in_float32():
+    q = torch.rand(2, 1, 32, 32)
+    low = centroid_context(q.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), centroid_context(q.to(torch.bfloat16).float()), atol=0, rtol=0)
+
+
 def test_the_heatmap_gets_gradient_through_its_centre():
     q = torch.rand(1, 1, 6, 6, requires_grad=True)
     centroid_context(q)[:, 2].sum().backward()  # the distance map moves with the centre of mass

@@ -178,16 +178,16 @@ def centroid_context(q: torch.Tensor) -> torch.Tensor:
     (c_x, c_y) is the centre of mass of max(0, Q_t) (the grid's centre for an all-zero map).
     """
     b, c, h, w = q.shape
-    weights = q.clamp_min(0)
+    weights = q.float().clamp_min(0)  # float32 sums over the grid, also under bf16 autocast
     weights = weights / (weights.sum(dim=(2, 3), keepdim=True) + MASS_EPS)
-    xs = torch.linspace(-1, 1, w, device=q.device, dtype=q.dtype)
-    ys = torch.linspace(-1, 1, h, device=q.device, dtype=q.dtype)
+    xs = torch.linspace(-1, 1, w, device=q.device)
+    ys = torch.linspace(-1, 1, h, device=q.device)
     cx = (weights.sum(dim=2) * xs).sum(dim=-1)[:, :, None, None]  # (B, C, 1, 1)
     cy = (weights.sum(dim=3) * ys).sum(dim=-1)[:, :, None, None]
     dx = (xs.view(1, 1, 1, w) - cx).expand(b, c, h, w)
     dy = (ys.view(1, 1, h, 1) - cy).expand(b, c, h, w)
     distance = torch.sqrt(dx * dx + dy * dy + DISTANCE_EPS)
-    return torch.stack([dx, dy, distance], dim=2).reshape(b, 3 * c, h, w)
+    return torch.stack([dx, dy, distance], dim=2).reshape(b, 3 * c, h, w).to(q.dtype)
 
 
 def directional_and_centroid_context(q: torch.Tensor) -> torch.Tensor:
