@@ -75,7 +75,7 @@ def test_onnx_matches_pytorch_on_real_inputs(tiny, exported):
     {"backbone": "efficientnet_lite0", "image_size": 96, "q_scale": 10.0},  # the shapes-cpu architecture
     {"match_head": True, "q_norm": "minmax", "q_leak": 0.1},  # the bundled model's no-target decision
     {"cell": "convgru", "refiner_context": "directional", "q_norm": "minmax"},  # whole-grid maps into the ConvRNN
-    {"cell": "convgru", "refiner_context": "centroid", "q_norm": "minmax"},  # offsets from Q_t's centre of mass
+    {"cell": "convgru", "q_heads": 2, "refiner_context": "directional+centroid", "q_norm": "minmax"},  # offsets too
     {"cell": "convgru", "q_heads": 4, "refiner_context": "directional", "q_norm": "minmax", "match_head": True},
 ])
 def test_onnx_parity_for_model_variants(tmp_path, variant):

@@ -15,6 +15,7 @@ import torch
 from step_ris.config import get_preset
 from step_ris.model import build_model
 from step_ris.model.refiner import (
+    CONTEXT_MAPS,
     CONTEXTS,
     DISTANCE_EPS,
     MASS_EPS,
@@ -111,3 +112,10 @@ def test_both_contexts_are_the_two_in_turn():
         logits, _ = refiner.step(q, None)
         out, _ = refiner.cell(torch.cat([q, both], dim=1), None)
     torch.testing.assert_close(logits, refiner.head(out))
+
+
+@pytest.mark.parametrize("name", sorted(CONTEXT_MAPS))
+def test_each_context_has_the_width_its_table_says(name):
+    q = torch.rand(2, 3, 5, 6)  # three heatmap channels (q_heads=3)
+    assert CONTEXT_MAPS[name](q).shape == (2, CONTEXTS[name] * 3, 5, 6)
+    assert set(CONTEXTS) == set(CONTEXT_MAPS) | {"none"}

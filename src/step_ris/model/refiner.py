@@ -43,6 +43,7 @@ Beyond the paper, ``context="centroid"`` gives the ConvRNN, beside Q_t, three ma
 lies from the heatmap's centre of mass (docs/model.md, choice 22): the offsets along x and y and the
 distance. When a step marks the landmark of "the circle nearest to the green star", every cell then
 knows how far it is from it, which no 3x3 step nor the frozen backbone can tell it.
+``context="directional+centroid"`` gives both sets of maps (8 + 3 per heatmap channel).
 """
 
 from __future__ import annotations
