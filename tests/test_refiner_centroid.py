@@ -63,21 +63,6 @@ def test_a_marked_landmark_gives_the_distance_to_it():
     assert int(c[2].argmin()) in {10, 11, 19, 20}  # the four cells around the centre of mass
 
 
-@pytest.mark.parametrize("cell", ["convgru", "convlstm"])
-def test_the_convrnn_reads_q_and_the_offsets(cell):
-    torch.manual_seed(0)
-    refiner = Refiner(cell=cell, filters=4, context="centroid")
-    assert refiner.cell.input_gates.in_channels == 1 + CONTEXTS["centroid"] == 4
-    q = torch.rand(2, 1, 6, 6)
-    with torch.no_grad():
-        logits, _ = refiner.step(q, None)
-        x = torch.cat([q, torch.stack([reference_centroid(q[b, 0]) for b in range(2)])], dim=1)
-        out, _ = refiner.cell(x, None)
-        torch.testing.assert_close(logits, refiner.head(out), atol=1e-5, rtol=1e-5)
-        blind, _ = refiner.cell(torch.cat([q, torch.zeros_like(x[:, 1:])], dim=1), None)
-    assert (refiner.head(blind) - logits).abs().max() > 1e-4
-
-
 def test_bf16_heatmaps_are_summed_in_float32():
     q = torch.rand(2, 1, 32, 32)
     low = centroid_context(q.to(torch.bfloat16))

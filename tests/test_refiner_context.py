@@ -65,16 +65,24 @@ def test_two_blobs_read_as_relation_and_count():
     assert c[3, 0, 1].round() == 2 and c[3, 0, 7].round() == 1  # counted from the right
 
 
+def _reference_centroid(q: torch.Tensor) -> torch.Tensor:
+    from test_refiner_centroid import reference_centroid  # tests/ is on the path (pytest rootdir)
+
+    return reference_centroid(q[0])
+
+
 @pytest.mark.parametrize("cell", ["convgru", "convlstm"])
-def test_the_convrnn_reads_q_and_its_context(cell):
-    """Refiner.step feeds the cell [Q_t, the eight maps]; cutting the maps changes the output."""
+@pytest.mark.parametrize("context, reference", [("directional", reference_context),
+                                                ("centroid", _reference_centroid)])
+def test_the_convrnn_reads_q_and_its_context(cell, context, reference):
+    """Refiner.step feeds the cell [Q_t, the context's maps]; cutting the maps changes the output."""
     torch.manual_seed(0)
-    refiner = Refiner(cell=cell, filters=4, context="directional")
-    assert refiner.cell.input_gates.in_channels == 1 + CONTEXTS["directional"] == 9
+    refiner = Refiner(cell=cell, filters=4, context=context)
+    assert refiner.cell.input_gates.in_channels == 1 + CONTEXTS[context]
     q = torch.rand(2, 1, 8, 8)
     with torch.no_grad():
         logits, state = refiner.step(q, None)
-        x = torch.cat([q, torch.stack([reference_context(q[b]) for b in range(2)])], dim=1)
+        x = torch.cat([q, torch.stack([reference(q[b]) for b in range(2)])], dim=1)
         out, _ = refiner.cell(x, None)
         torch.testing.assert_close(logits, refiner.head(out), atol=1e-5, rtol=1e-5)
         blind, _ = refiner.cell(torch.cat([q, torch.zeros_like(x[:, 1:])], dim=1), None)
