@@ -39,10 +39,14 @@ def subgroup(logical_form: dict, attributes: dict[int, dict]) -> str:
     if logical_form.get("op") == "ordinal":
         fits = len(candidates(logical_form, attributes))
         return "ordinal, counting" if fits > logical_form["index"] else "ordinal, last counted"
-    relation = logical_form.get("relation", "")
-    kind = "distance" if relation in ("nearest", "farthest") else "cone" if relation.startswith("directly") \
-        else "half-plane"
-    return f"relational, {kind}"
+    from step_ris.data.shapesref.logic import CONE_RELATIONS, DISTANCE_RELATIONS, HALF_PLANE_RELATIONS
+
+    relation = logical_form.get("relation")
+    for kind, names in (("half-plane", HALF_PLANE_RELATIONS), ("cone", CONE_RELATIONS),
+                        ("distance", DISTANCE_RELATIONS)):
+        if relation in names:
+            return f"relational, {kind}"
+    raise ValueError(f"not an ordinal or a ShapesRef relation: {logical_form}")
 
 
 def classify(pred: np.ndarray, masks: dict[int, np.ndarray], referent: int, cands: set[int]) -> str:

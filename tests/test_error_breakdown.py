@@ -45,6 +45,8 @@ def test_subgroups_of_ordinals_and_relations():
     for relation, kind in (("left_of", "half-plane"), ("directly_above", "cone"), ("nearest", "distance"),
                            ("farthest", "distance")):
         assert eb.subgroup({"op": "relate", "of": circles, "relation": relation}, ATTRS) == f"relational, {kind}"
+    with pytest.raises(ValueError, match="not an ordinal or a ShapesRef relation"):
+        eb.subgroup({"op": "relate", "of": circles, "relation": "inside"}, ATTRS)
 
 
 def test_each_failure_kind():

@@ -435,7 +435,7 @@ def test_package_keeps_the_names_of_the_single_module() -> None:
     assert not missing
     assert sorted(sr.__all__) == sorted(["DEFAULT_SPLIT_RATIOS", "DATASETS", "FAMILIES", "SPLITS",
                                          "evaluate_logical_form", "generate_shapesref", "image_objects",
-                                         "load_shapesref", "referent_bias_report", "split_counts"])
+                                         "load_shapesref", "ordinal_report", "referent_bias_report", "split_counts"])
 
 
 @pytest.mark.parametrize("part", ["scene", "logic", "language", "plan"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from step_ris.cli import main
-from step_ris.data.shapesref import generate_shapesref, load_shapesref
+from step_ris.data.shapesref import generate_shapesref, load_shapesref, ordinal_report
 from step_ris.data.shapesref.logic import Filter, Ordinal
 from step_ris.data.shapesref.plan import SceneIndex, _candidates
 
@@ -51,6 +51,9 @@ def test_counting_ordinals_changes_train_alone(tmp_path: Path) -> None:
     for png in (plain / "images" / "shapesref").iterdir():
         assert png.read_bytes() == (counting / "images" / "shapesref" / png.name).read_bytes()
     (a, n_a), (b, n_b) = _counting_share(plain), _counting_share(counting)
+    for root, (k, n) in ((plain, (a, n_a)), (counting, (b, n_b))):  # the package's count agrees with this one
+        assert ordinal_report(root)["train"] == {"counting": k, "last_counted": n - k}
+    assert ordinal_report(counting)["val"] == ordinal_report(plain)["val"]
     assert n_a > 50 and n_b > 50
     assert b / n_b > a / n_a + 0.15  # 0.25 against 0.55 on data/shapesref-cpu-x (docs/shapesref.md)
     assert json.loads((counting / "shapesref_manifest.json").read_text())["counting_ordinals"] is True
@@ -72,6 +75,11 @@ def test_counting_ordinals_orders_the_candidates() -> None:
     counting = [f for f in plain if len(idx.matches(f.of)) > f.index]
     assert forms == counting + [f for f in plain if f not in counting]  # the random order kept within each group
     assert Ordinal(Filter("circle", None, None), "left", 2) in forms
+
+
+def test_ordinal_report_refuses_a_foreign_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is .* a ShapesRef output"):
+        ordinal_report(tmp_path)
 
 
 def test_counting_ordinals_argument(tmp_path: Path) -> None:

@@ -336,7 +336,8 @@ class Predictor:
                 valid = torch.tensor([[h, w]], dtype=torch.int64).expand(len(chunk), 2)  # (B, 2)
                 with autocast(self.device, self.dtype):
                     result = self._expression_net(None, tokens.to(self.device), valid.to(self.device),
-                                        features=image.encoding, return_intermediates=True)  # batch 1 broadcast to B
+                                                  features=image.encoding,
+                                                  return_intermediates=True)  # batch 1 broadcast to B
                 probs = torch.sigmoid(result.logits.float())[:, 0].cpu()  # (B, S, S)
                 prob = unletterbox(probs, (h, w), (H, W)).clamp_(0, 1).numpy()  # (B, H, W)
                 steps = F.interpolate(result.step_logits.float(), size=(size, size), mode="bilinear",

@@ -20,13 +20,13 @@ importing only the ones listed before it:
 - ``language``: lexicon and phrasings (a form -> English);
 - ``plan``: referents, families and forms per image, family balancing;
 - ``writer``: arguments, splits, COCO records, the atomic output tree (``generate_shapesref``);
-- ``analysis``: reading a generated set back, referent-bias report.
+- ``analysis``: reading a generated set back, referent-bias report, ordinals that need counting.
 """
 
 from __future__ import annotations
 
 from ..refer import load_refs
-from .analysis import load_shapesref, referent_bias_report
+from .analysis import load_shapesref, ordinal_report, referent_bias_report
 from .generalized import G_DATASET, G_FAMILIES, MULTI_TARGET_SHARE, NO_TARGET_SHARE
 from .logic import evaluate_logical_form, form_to_dict, logical_form_rules_out_all
 from .plan import DATASETS, FAMILIES, SPLITS, FamilyBalancer, PlannedRef, plan_refs
@@ -64,6 +64,7 @@ __all__ = [
     "generate_shapesref",
     "image_objects",
     "load_shapesref",
+    "ordinal_report",
     "referent_bias_report",
     "split_counts",
 ]

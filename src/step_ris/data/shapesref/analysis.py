@@ -1,4 +1,4 @@
-"""Reading a generated ShapesRef set back, and how biased its referents are."""
+"""Reading a generated ShapesRef set back, how biased its referents are, and how many ordinals need counting."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 
 from ..refer import load_refs
 from .generalized import G_DATASET
-from .plan import DATASETS
+from .logic import Filter, evaluate
+from .plan import DATASETS, SPLITS
 from .writer import GREFS_FILE, INSTANCES, REFS_FILE
 
 
@@ -65,4 +66,24 @@ def referent_bias_report(root: Path | str, dataset: str = "shapesref") -> dict[s
     n = max(len(refs), 1)
     report: dict[str, float] = {"refs": len(refs), "chance": chance / n}
     report.update({key: hits[key] / n for key in ("largest", "leftmost", "most_central", "first_drawn", "last_drawn")})
+    return report
+
+
+def ordinal_report(root: Path | str, dataset: str = "shapesref") -> dict[str, dict[str, int]]:
+    """Per split, ordinal sentences that need counting (their head fits more objects than the index:
+    "the second of three circles") and those whose index-th object is also the last one counted
+    ("the second of two circles" is the other extreme): ``{split: {"counting": n, "last_counted": n}}``.
+
+    docs/shapesref.md, "Ordinals that need counting"; ``--counting-ordinals`` moves train's mix."""
+    instances, refs = load_shapesref(root, dataset)
+    objects = {k: [a["attributes"] for a in v] for k, v in _objects_by_image(instances).items()}
+    report = {split: {"counting": 0, "last_counted": 0} for split in SPLITS}
+    for ref in refs:
+        for sentence in ref["sentences"]:
+            form = sentence.get("logical_form") or {}
+            if form.get("op") != "ordinal":
+                continue
+            of = form["of"]
+            fits = len(evaluate(Filter(of.get("shape"), of.get("colour"), of.get("size")), objects[ref["image_id"]]))
+            report[ref["split"]]["counting" if fits > form["index"] else "last_counted"] += 1
     return report
