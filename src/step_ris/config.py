@@ -109,6 +109,7 @@ class TrainConfig:
     dice_weight: float = 0.0  # add Dice to BCE when > 0
     match_weight: float = 1.0  # weight of the no-target decision's BCE (only with model.match_head)
     match_balance: bool = False  # no-target and target expressions get half of that BCE each, per batch
+    group_weight: float = 0.0  # beyond the paper: BCE (+ Dice) of Q_1 against the group (ShapesRef; docs/model.md, 23)
     no_target_mask_loss: bool = True  # False: the mask loss skips no-target expressions (the match head decides them)
     amp: bool = False  # old name of precision=bf16 (kept: true means bf16)
     precision: Precision = "fp32"  # autocast: fp32 | bf16 | auto (bf16 where the CPU or GPU has it; precision.py)

@@ -10,7 +10,10 @@
 - ``index``: int, position in the dataset (``original_mask(index)`` is the ``(H, W)`` target);
 - ``family``: str, the expression family (``""`` when the data has none);
 - ``target_count``: int, how many objects the expression means (0: nothing, its ``mask`` is empty;
-  several: ``mask`` is their union; 1 for REFER data).
+  several: ``mask`` is their union; 1 for REFER data);
+- with ``groups=True`` (ShapesRef only, ``train.group_weight``): ``group``, float32 ``(S, S)`` in
+  {0, 1}, the letterboxed union of the objects the first step should mark
+  (``data.shapesref.grouping``), and ``has_group``, bool (False: no such objects, no loss).
 
 One sample is one (ref, sentence) pair; refs are in file order, sentences in ref order.
 Sentences are tokenised from the REFER-cleaned ``sent`` field (``raw`` when absent).
@@ -93,6 +96,8 @@ class ReferDataset(Dataset):
         data: an already loaded :class:`ReferData` of the same dataset (saves re-reading it).
         max_pixels: decompression-bomb limit passed to ``load_image``.
         check_files: verify at construction that every image file of the split exists.
+        groups: also return each expression's group target (see the module docstring); needs the
+            ShapesRef logical forms (``sentence["logical_form"]``) and object ``attributes``.
 
     Raises:
         DataError: missing files, an empty split, or refs pointing to absent annotations.
@@ -111,6 +116,7 @@ class ReferDataset(Dataset):
         data: ReferData | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         check_files: bool = True,
+        groups: bool = False,
     ):
         name, split = _resolve(dataset, split)
         if int(image_size) <= 0:
@@ -136,6 +142,11 @@ class ReferDataset(Dataset):
                 f"split ({', '.join(data.spec.all_splits)})"
             )
         self._check(check_files)
+        self.groups = bool(groups)
+        self._objects: dict[int, dict[int, dict]] | None = None  # image id -> ann id -> attributes
+        if self.groups and "logical_form" not in self.samples[0].sentence:
+            raise DataError(f"{self.dataset_name}:{split} has no logical forms (sentence['logical_form']), so it "
+                            "has no group targets: train.group_weight needs ShapesRef data; set it to 0")
         self._mask_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         log.info("%s:%s: %d samples", name, split, len(self.samples))
 
@@ -182,7 +193,24 @@ class ReferDataset(Dataset):
             "index": index,
             "family": _family(sample),
             "target_count": ref_target_count(sample.ref),
+            **(self.group_target(index) if self.groups else {}),
         }
+
+    def group_target(self, index: int) -> dict[str, Any]:
+        """``group`` (S, S) float32 and ``has_group`` of sample ``index`` (see the module docstring)."""
+        from .shapesref.grouping import group_members
+
+        sample = self.samples[self._check_index(index)]
+        if self._objects is None:
+            self._objects = {}
+            for ann in self.data.anns.values():
+                if "attributes" in ann:
+                    self._objects.setdefault(ann["image_id"], {})[ann["id"]] = ann["attributes"]
+        members = group_members(sample.sentence["logical_form"], self._objects.get(sample.ref["image_id"], {}))
+        if not members:
+            return {"group": torch.zeros(self.image_size, self.image_size), "has_group": False}
+        union = np.maximum.reduce([self.data.mask(a) for a in members])
+        return {"group": letterbox_mask(union, self.image_size), "has_group": True}
 
     def token_ids(self, index: int) -> list[int]:
         """Word ids of sample ``index`` (``[<unk>]`` for the blind baseline or a wordless sentence)."""
@@ -276,7 +304,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Returns ``image (B, 3, S, S)``, ``mask (B, S, S)``, ``valid_hw (B, 2)``, ``tokens (B, L)``,
     ``lengths (B,)`` (int64 token counts), ``index (B,)`` int64, ``family`` (list of str) and
-    ``target_count (B,)`` int64 (1 for samples that carry none).
+    ``target_count (B,)`` int64 (1 for samples that carry none), and ``group (B, S, S)`` with
+    ``has_group (B,)`` bool when the samples carry them.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
@@ -293,4 +322,13 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.int64),
         "family": [s.get("family", "") for s in samples],
         "target_count": torch.tensor([int(s.get("target_count", 1)) for s in samples], dtype=torch.int64),
+        **collate_groups(samples),
     }
+
+
+def collate_groups(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``group`` (B, S, S) and ``has_group`` (B,) of samples that carry them, else nothing."""
+    if "group" not in samples[0]:
+        return {}
+    return {"group": torch.stack([s["group"] for s in samples]),
+            "has_group": torch.tensor([bool(s["has_group"]) for s in samples])}

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ..data.dataset import ReferDataset
+from ..data.dataset import ReferDataset, collate_groups
 from ..data.transforms import letterbox_mask
 from .checkpoint import atomic_save
 
@@ -143,6 +143,7 @@ class CachedSamples(Dataset):
             "index": index,
             "family": meta["family"],
             "target_count": meta["target_count"],
+            **(self.dataset.group_target(index) if self.dataset.groups else {}),
         }
 
 
@@ -160,4 +161,5 @@ def collate_cached(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "family": [s["family"] for s in samples],
         "target_count": torch.tensor([int(s.get("target_count", 1)) for s in samples], dtype=torch.int64),
+        **collate_groups(samples),
     }

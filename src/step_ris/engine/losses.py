@@ -16,9 +16,34 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """Soft Dice loss per sample, averaged: 1 - (2|P.G| + eps) / (|P| + |G| + eps)."""
-    p = torch.sigmoid(logits.float()).flatten(1)
-    g = target.float().expand_as(logits).flatten(1)
+    return _soft_dice(torch.sigmoid(logits.float()), target.float().expand_as(logits), eps)
+
+
+def _soft_dice(p: torch.Tensor, g: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Dice loss of probabilities ``p`` against targets ``g`` (same shape, batch first), per sample, averaged."""
+    p, g = p.flatten(1), g.flatten(1)
     return (1 - (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)).mean()
+
+
+GROUP_EPS = 1e-4  # keeps the group loss's logarithms finite where Q_1 is exactly 0 or 1
+
+
+def group_loss(heatmap: torch.Tensor, group: torch.Tensor, has_group: torch.Tensor, *,
+               dice_weight: float = 0.0) -> torch.Tensor:
+    """Beyond the paper (``train.group_weight``): BCE (+ Dice) of the first heatmap Q_1 against the group.
+
+    heatmap: (B, h, w) Q_1 in [0, 1] (before ``q_scale``); group: (B, S, S) in {0, 1}, averaged here to
+    the share of each of the h x w cells it covers; has_group: (B,) bool, False where the expression
+    has no group (those samples are left out). The group is what the first step should mark
+    (data/shapesref/grouping.py). A batch without a group has loss 0 (with the graph kept).
+    """
+    keep = has_group.to(heatmap.device)
+    if not bool(keep.any()):
+        return heatmap.float().sum() * 0.0
+    q = heatmap[keep].float().clamp(GROUP_EPS, 1 - GROUP_EPS)  # (B', h, w)
+    g = F.adaptive_avg_pool2d(group.to(heatmap.device)[keep].float().unsqueeze(1), q.shape[-2:]).squeeze(1)
+    loss = -(g * q.log() + (1 - g) * (1 - q).log()).mean()
+    return loss + dice_weight * _soft_dice(q, g) if dice_weight > 0 else loss
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, step_logits: torch.Tensor | None = None,

@@ -44,7 +44,7 @@ from .errors import TrainingError  # noqa: F401 - importable from here, as befor
 from .evaluate import evaluate, format_results, subset_indices
 from .features import CachedSamples, FeatureCache, cache_path, collate_cached
 from .finetune import extend_vocab, init_weights, load_init
-from .losses import match_loss, segmentation_loss
+from .losses import group_loss, match_loss, segmentation_loss
 from .sampling import ImageGroupedBatchSampler, StepBatchSampler  # noqa: F401 - also importable from here
 from .schedule import poly_lr
 
@@ -222,7 +222,7 @@ def setup(cfg: ExperimentConfig, out: Path, *, resume: bool, device: str | None,
             vocab = extend_vocab(init.vocab, vocab)
     common = dict(vocab=vocab, image_size=cfg.model.image_size, max_words=cfg.model.max_words,
                   blank_language=cfg.data.blank_language, data=data)
-    train_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.train_split, **common)
+    train_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.train_split, groups=t.group_weight > 0, **common)
     val_set = ReferDataset(cfg.data.root, cfg.data.dataset, cfg.data.val_split, **common) if rank == 0 else None
 
     # model and optimiser
@@ -322,7 +322,7 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
     diagnose = t.diagnostics and run.rank == 0 and (run.step + 1) % t.log_every == 0
     memory = torch.channels_last if t.channels_last else torch.contiguous_format
     with autocast(device, run.precision):
-        intermediates = t.loss_all_steps or diagnose
+        intermediates = t.loss_all_steps or diagnose or t.group_weight > 0
         if run.cache is not None:
             rows, inverse = batch["row"].unique(return_inverse=True)  # each image of the batch once
             maps = [m.contiguous(memory_format=memory)
@@ -346,6 +346,11 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         matched = match_loss(result.match_logits, batch["target_count"], balanced=t.match_balance)
         loss = loss + t.match_weight * matched
         parts["match"] = float(matched.detach())
+        parts["loss"] = float(loss.detach())
+    if t.group_weight > 0:  # beyond the paper: Q_1 marks the expression's group (data/shapesref/grouping.py)
+        grouped = group_loss(result.heatmaps[:, 0] / model.q_scale, batch["group"], batch["has_group"],
+                             dice_weight=t.dice_weight)
+        loss, parts["group"] = loss + t.group_weight * grouped, float(grouped.detach())
         parts["loss"] = float(loss.detach())
     run.optimizer.zero_grad(set_to_none=True)
     problem = "" if math.isfinite(parts["loss"]) else f"the loss became {parts['loss']}"
