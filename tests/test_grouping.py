@@ -1,4 +1,4 @@
-"""``train.group_weight``: the first heatmap Q_1 supervised to mark each expression's group (ShapesRef only)."""
+"""``train.group_weight``: one step's heatmap Q_t supervised to mark each expression's group (ShapesRef only)."""
 
 from __future__ import annotations
 
@@ -105,9 +105,9 @@ def test_group_loss_against_a_loop() -> None:
     assert float(zero.detach()) == 0.0 and torch.equal(none.grad, torch.zeros_like(q))
 
 
-@pytest.mark.parametrize("frozen", [True, False])
-def test_training_with_the_group_loss_reads_the_first_heatmap(shapes: Path, tmp_path: Path, monkeypatch,
-                                                              frozen: bool) -> None:
+@pytest.mark.parametrize(("frozen", "step"), [(True, 1), (False, 3)])
+def test_training_with_the_group_loss_reads_the_chosen_heatmap(shapes: Path, tmp_path: Path, monkeypatch,
+                                                               frozen: bool, step: int) -> None:
     from step_ris.engine import train as train_module
 
     seen: list[tuple[float, float]] = []
@@ -123,20 +123,31 @@ def test_training_with_the_group_loss_reads_the_first_heatmap(shapes: Path, tmp_
 
     def forward(self, *args, **kwargs):
         out = real_step(self, *args, **kwargs)
-        if out.cosines is not None:  # literal Eq. 4 at F1 (the refiner grid), before q_scale
-            reference.append(out.cosines[0].detach().clamp_min(0).squeeze(1))
+        if out.cosines is not None:  # literal Eq. 4 at level l_t, on the refiner grid, before q_scale
+            q = out.cosines[step - 1].detach().clamp_min(0)  # (B, 1, h_l, w_l)
+            grid = out.step_logits.shape[-2:]
+            reference.append(torch.nn.functional.interpolate(q, size=grid, mode="bilinear").squeeze(1))
         return out
 
     monkeypatch.setattr(train_module, "group_loss", spy)
     monkeypatch.setattr(train_module.STEPModel, "forward", forward)
-    cfg = apply_overrides(get_preset("tiny"), [f"data.root={shapes}", "train.threads=1", "train.iters=3",
-                                               "train.group_weight=1.0", "model.embed_norm=none", "model.q_scale=3",
-                                               f"model.freeze_backbone={str(frozen).lower()}"])
+    overrides = [f"data.root={shapes}", "train.threads=1", "train.iters=3", "train.group_weight=1.0",
+                 "model.embed_norm=none", "model.q_scale=3", f"train.group_step={step}",
+                 f"model.freeze_backbone={str(frozen).lower()}"]
+    cfg = apply_overrides(get_preset("tiny"), overrides)
     train(cfg, tmp_path / "run", progress=False)
     assert len(seen) == 3
     for got, want in seen:
         assert got == pytest.approx(want, rel=1e-5) and got > 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["train"]["group_weight"] == 1.0
+
+
+def test_bad_group_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"train.group_step=6 must be a step of the model, 1..5"):
+        apply_overrides(get_preset("tiny"), ["train.group_step=6"])
+    with pytest.raises(ValueError, match=r"train.group_weight=-1.0 must be >= 0"):
+        apply_overrides(get_preset("tiny"), ["train.group_weight=-1"])
+    assert apply_overrides(get_preset("tiny"), ["train.group_step=10", "model.folds=2"]).train.group_step == 10
 
 
 def test_group_weight_without_logical_forms_is_refused(generated_refer: Path) -> None:

@@ -109,7 +109,8 @@ class TrainConfig:
     dice_weight: float = 0.0  # add Dice to BCE when > 0
     match_weight: float = 1.0  # weight of the no-target decision's BCE (only with model.match_head)
     match_balance: bool = False  # no-target and target expressions get half of that BCE each, per batch
-    group_weight: float = 0.0  # beyond the paper: BCE (+ Dice) of Q_1 against the group (ShapesRef; docs/model.md, 23)
+    group_weight: float = 0.0  # beyond the paper: BCE (+ Dice) of Q_t against the group (ShapesRef; docs/model.md, 23)
+    group_step: int = 1  # which step's heatmap Q_t that loss reads (1..T)
     no_target_mask_loss: bool = True  # False: the mask loss skips no-target expressions (the match head decides them)
     amp: bool = False  # old name of precision=bf16 (kept: true means bf16)
     precision: Precision = "fp32"  # autocast: fp32 | bf16 | auto (bf16 where the CPU or GPU has it; precision.py)
@@ -399,6 +400,9 @@ def _validate(cfg: ExperimentConfig) -> None:
          f"train.batch_size={cfg.train.batch_size}"),
         (cfg.train.iters >= 1, f"train.iters={cfg.train.iters} must be >= 1"),
         (cfg.train.lr > 0, f"train.lr={cfg.train.lr} must be > 0"),
+        (cfg.train.group_weight >= 0, f"train.group_weight={cfg.train.group_weight} must be >= 0 (0 = off)"),
+        (1 <= cfg.train.group_step <= m.steps,
+         f"train.group_step={cfg.train.group_step} must be a step of the model, 1..{m.steps} (5 x model.folds)"),
     ]
     for dim in ("word_dim", "lstm_hidden", "attention_dim", "embed_dim", "filters"):
         checks.append((getattr(m, dim) >= 1, f"model.{dim}={getattr(m, dim)} must be >= 1"))

@@ -25,17 +25,17 @@ def _soft_dice(p: torch.Tensor, g: torch.Tensor, eps: float = 1.0) -> torch.Tens
     return (1 - (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)).mean()
 
 
-GROUP_EPS = 1e-4  # keeps the group loss's logarithms finite where Q_1 is exactly 0 or 1
+GROUP_EPS = 1e-4  # keeps the group loss's logarithms finite where Q_t is exactly 0 or 1
 
 
 def group_loss(heatmap: torch.Tensor, group: torch.Tensor, has_group: torch.Tensor, *,
                dice_weight: float = 0.0) -> torch.Tensor:
-    """Beyond the paper (``train.group_weight``): BCE (+ Dice) of the first heatmap Q_1 against the group.
+    """Beyond the paper (``train.group_weight``): BCE (+ Dice) of one step's heatmap Q_t against the group.
 
-    heatmap: (B, h, w) Q_1 in [0, 1] (before ``q_scale``); group: (B, S, S) in {0, 1}, averaged here to
-    the share of each of the h x w cells it covers; has_group: (B,) bool, False where the expression
-    has no group (those samples are left out). The group is what the first step should mark
-    (data/shapesref/grouping.py). A batch without a group has loss 0 (with the graph kept).
+    heatmap: (B, h, w) Q_t of step ``train.group_step`` in [0, 1] (before ``q_scale``); group: (B, S, S)
+    in {0, 1}, averaged here to the share of each of the h x w cells it covers; has_group: (B,) bool,
+    False where the expression has no group (those samples are left out). The group is what that
+    step should mark (data/shapesref/grouping.py). A batch without a group has loss 0 (with the graph kept).
     """
     keep = has_group.to(heatmap.device)
     if not bool(keep.any()):

@@ -347,8 +347,8 @@ def train_step(run: Run, batch: dict[str, Any]) -> tuple[dict[str, float], Any]:
         loss = loss + t.match_weight * matched
         parts["match"] = float(matched.detach())
         parts["loss"] = float(loss.detach())
-    if t.group_weight > 0:  # beyond the paper: Q_1 marks the expression's group (data/shapesref/grouping.py)
-        grouped = group_loss(result.heatmaps[:, 0] / model.q_scale, batch["group"], batch["has_group"],
+    if t.group_weight > 0:  # beyond the paper: Q_t marks the expression's group (data/shapesref/grouping.py)
+        grouped = group_loss(result.heatmaps[:, t.group_step - 1] / model.q_scale, batch["group"], batch["has_group"],
                              dice_weight=t.dice_weight)
         loss, parts["group"] = loss + t.group_weight * grouped, float(grouped.detach())
         parts["loss"] = float(loss.detach())
