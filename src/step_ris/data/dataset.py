@@ -12,7 +12,7 @@
 - ``target_count``: int, how many objects the expression means (0: nothing, its ``mask`` is empty;
   several: ``mask`` is their union; 1 for REFER data);
 - with ``groups=True`` (ShapesRef only, ``train.group_weight``): ``group``, float32 ``(S, S)`` in
-  {0, 1}, the letterboxed union of the objects the first step should mark
+  {0, 1}, the letterboxed union of the objects step ``train.group_step`` should mark
   (``data.shapesref.grouping``), and ``has_group``, bool (False: no such objects, no loss).
 
 One sample is one (ref, sentence) pair; refs are in file order, sentences in ref order.

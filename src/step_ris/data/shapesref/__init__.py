@@ -21,7 +21,7 @@ importing only the ones listed before it:
 - ``plan``: referents, families and forms per image, family balancing;
 - ``writer``: arguments, splits, COCO records, the atomic output tree (``generate_shapesref``);
 - ``analysis``: reading a generated set back, referent-bias report, ordinals that need counting;
-- ``grouping``: what the first heatmap should mark (the group of a logical form; ``train.group_weight``).
+- ``grouping``: what a grouping step's heatmap should mark (a logical form's group; ``train.group_weight``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the first grouping step of an expression should mark, read from its ShapesRef logical form.
+"""What a grouping step should mark for an expression, read from its ShapesRef logical form.
 
 Beyond the paper (``train.group_weight``, docs/model.md, choice 23). A model that answers "the
 second circle from the left" or "the square nearest to the green star" must first group the
@@ -21,7 +21,7 @@ from .logic import evaluate, form_from_dict
 
 
 def group_filter(logical_form: dict[str, Any]) -> dict[str, Any]:
-    """The filter (a form dict with ``op`` "filter") whose objects the first step should mark."""
+    """The filter (a form dict with ``op`` "filter") whose objects the grouping step should mark."""
     form_from_dict(logical_form)  # validates the whole form: an unknown op is a ValueError
     op = logical_form["op"]
     if op == "filter":
