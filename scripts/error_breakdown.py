@@ -27,11 +27,10 @@ KINDS = ("right object", "another object of the candidate set", "split over 2+ o
 
 def candidates(logical_form: dict, attributes: dict[int, dict]) -> set[int]:
     """The objects (ann id -> ShapesRef attributes) that the form's ``of`` filter admits."""
+    from step_ris.data.shapesref.grouping import filter_members
+
     of = logical_form.get("of") or {}
-    if of.get("op") != "filter":
-        return set()
-    return {i for i, a in attributes.items()
-            if all(of.get(key) is None or a[key] == of[key] for key in ("shape", "colour", "size"))}
+    return set(filter_members(of, attributes)) if of.get("op") == "filter" else set()
 
 
 def subgroup(logical_form: dict, attributes: dict[int, dict]) -> str:

@@ -76,8 +76,11 @@ def test_dataset_returns_the_letterboxed_union_of_the_group(shapes: Path) -> Non
         assert torch.equal(item["group"], letterbox_mask(union, 64))
         checked += 1
     assert checked > 10
+    ds.samples[1].sentence.pop("logical_form")  # a sentence without a form: no group and no loss, not an error
+    item = ds[1]
+    assert item["has_group"] is False and not item["group"].any()
     batch = collate([ds[0], ds[1]])
-    assert batch["group"].shape == (2, 64, 64) and batch["has_group"].tolist() == [True, True]
+    assert batch["group"].shape == (2, 64, 64) and batch["has_group"].tolist() == [True, False]
 
 
 def test_group_loss_against_a_loop() -> None:

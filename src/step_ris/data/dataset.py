@@ -206,7 +206,8 @@ class ReferDataset(Dataset):
             for ann in self.data.anns.values():
                 if "attributes" in ann:
                     self._objects.setdefault(ann["image_id"], {})[ann["id"]] = ann["attributes"]
-        members = group_members(sample.sentence["logical_form"], self._objects.get(sample.ref["image_id"], {}))
+        form = sample.sentence.get("logical_form")  # a sentence without one has no group, and no group loss
+        members = group_members(form, self._objects.get(sample.ref["image_id"], {})) if form else []
         if not members:
             return {"group": torch.zeros(self.image_size, self.image_size), "has_group": False}
         union = np.maximum.reduce([self.data.mask(a) for a in members])

@@ -29,8 +29,12 @@ def group_filter(logical_form: dict[str, Any]) -> dict[str, Any]:
     return logical_form["landmark"] if op == "relate" else logical_form["of"]
 
 
+def filter_members(filter_form: dict[str, Any], objects: dict[int, dict[str, Any]]) -> list[int]:
+    """Ids (ascending) of the objects a ``filter`` form admits: ``objects`` maps id -> ShapesRef attributes."""
+    ids = sorted(objects)
+    return [ids[k] for k in evaluate(form_from_dict(filter_form), [objects[i] for i in ids])]
+
+
 def group_members(logical_form: dict[str, Any], objects: dict[int, dict[str, Any]]) -> list[int]:
     """Ids (ascending) of the objects of the group: ``objects`` maps annotation id -> ShapesRef attributes."""
-    ids = sorted(objects)
-    chosen = evaluate(form_from_dict(group_filter(logical_form)), [objects[i] for i in ids])
-    return [ids[k] for k in chosen]
+    return filter_members(group_filter(logical_form), objects)
